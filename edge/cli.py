@@ -1,0 +1,128 @@
+"""The ``warelink`` command.
+
+It lives with the edge because a gateway box installs only ``warelink[edge]``: there the
+``edge`` commands work and the ``hub``/``sim`` ones say which extra to install. Each part
+owns its commands; this module only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from warelink.edge.config import ConfigError, load_site_config
+from warelink.edge.logs import configure_logging
+
+
+def run_until_signal(main: Coroutine[Any, Any, None]) -> int:
+    """Run ``main``; SIGINT/SIGTERM cancel it so every TaskGroup unwinds cleanly."""
+
+    async def runner() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await main
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(runner())
+    return 0
+
+
+def _edge_run(args: argparse.Namespace) -> int:
+    from warelink.edge.gateway import Gateway
+    from warelink.edge.settings import EdgeSettings
+
+    config = load_site_config(args.config)
+    return run_until_signal(Gateway(config, EdgeSettings()).run())
+
+
+def _edge_status(args: argparse.Namespace) -> int:
+    from warelink.edge.status import format_status, gateway_status
+
+    report = gateway_status(load_site_config(args.config))
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+def _lazy(module: str, extra: str, func: str) -> Any:
+    def call(args: argparse.Namespace) -> int:
+        try:
+            target = __import__(module, fromlist=[func])
+        except ModuleNotFoundError as exc:
+            raise SystemExit(
+                f"warelink: '{args.command}' needs the {extra} extra (missing {exc.name}):"
+                f" pip install 'warelink[{extra}]'"
+            ) from None
+        result: int = getattr(target, func)(args)
+        return result
+
+    return call
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="warelink", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines")
+    parts = parser.add_subparsers(dest="command", required=True)
+
+    hub = parts.add_parser("hub", help="the cloud hub").add_subparsers(dest="action", required=True)
+    serve = hub.add_parser("serve", help="serve the API and ingest (WARELINK_HTTP=host:port)")
+    serve.add_argument("--no-migrate", action="store_true", help="do not migrate at start")
+    serve.set_defaults(func=_lazy("warelink.hub.cli", "hub", "serve"))
+    migrate = hub.add_parser("migrate", help="create the database if needed and migrate it")
+    migrate.set_defaults(func=_lazy("warelink.hub.cli", "hub", "migrate"))
+
+    edge = parts.add_parser("edge", help="an edge gateway").add_subparsers(
+        dest="action", required=True
+    )
+    run = edge.add_parser("run", help="run the gateway of a site config")
+    run.add_argument("--config", required=True, type=Path, help="site config (TOML)")
+    run.set_defaults(func=_edge_run)
+    status = edge.add_parser("status", help="sequence, ack watermark and outbox depth")
+    status.add_argument("--config", required=True, type=Path, help="site config (TOML)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_edge_status)
+
+    sim = parts.add_parser("sim", help="simulated floor devices").add_subparsers(
+        dest="action", required=True
+    )
+    sim_run = sim.add_parser("run", help="simulate the devices of a site config")
+    sim_run.add_argument("--config", required=True, type=Path, help="site config (TOML)")
+    sim_run.add_argument("--seed", type=int, default=1, help="scenario seed (deterministic)")
+    sim_run.add_argument(
+        "--interval", type=float, default=3.0, help="seconds between arriving pallets"
+    )
+    sim_run.add_argument("--garbage-rate", type=float, default=0.0, help="faults per second")
+    sim_run.set_defaults(func=_lazy("warelink.sim.cli", "sim", "run"))
+
+    demo = parts.add_parser("demo", help="hub + two simulated sites, each with a gateway")
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="state directory")
+    demo.add_argument("--sites", type=int, default=2, help="number of simulated sites")
+    demo.add_argument("--duration", type=float, default=0, help="stop after seconds (0: never)")
+    demo.set_defaults(func=_lazy("warelink.sim.demo", "hub,sim", "main"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(level=args.log_level.upper(), json=args.log_json)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"warelink: bad config: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

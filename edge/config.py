@@ -1,0 +1,122 @@
+"""The site config file (TOML): the gateway and the devices it talks to.
+
+Validated once at start; a bad file gets an error naming the file, the key and the
+problem, e.g. ``site.toml: devices[1].port: field required``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from warelink.protocol.topics import check_name
+
+
+class ConfigError(Exception):
+    """A site config that cannot be used; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayConfig(_Strict):
+    id: str
+    site: str
+    data_dir: Path = Field(description="Where the outbox lives; relative to the config file.")
+    batch_max_events: int = Field(500, ge=1, le=10_000)
+    batch_max_wait_ms: int = Field(10, ge=0, le=5_000)
+    window_events: int = Field(20_000, ge=1, description="Unacked events in flight at most.")
+    ack_timeout_s: float = Field(5.0, gt=0, description="Resend from the ack watermark after this.")
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+    @field_validator("id", "site")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        return check_name(value, "name")
+
+
+class SerialDevice(_Strict):
+    id: str
+    port: str = Field(description="Serial device path, e.g. /dev/ttyUSB0 (or a pty).")
+    baudrate: int = 9600
+    location: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        return check_name(value, "device id")
+
+
+class MtSicsScaleConfig(SerialDevice):
+    """A Mettler Toledo (or compatible) scale speaking MT-SICS."""
+
+    kind: Literal["mtsics_scale"]
+    poll_interval_s: float = Field(0.2, gt=0, description="Pause between SI requests.")
+    timeout_s: float = Field(2.0, gt=0, description="No answer in this time: the scale is offline.")
+
+
+class LineScannerConfig(SerialDevice):
+    """A serial barcode scanner sending one CR/LF-terminated scan per line."""
+
+    kind: Literal["line_scanner"]
+    purpose: Literal["scan", "receive"] = "scan"
+
+
+DeviceConfig = Annotated[MtSicsScaleConfig | LineScannerConfig, Field(discriminator="kind")]
+
+
+class SiteConfig(_Strict):
+    gateway: GatewayConfig
+    devices: list[DeviceConfig] = []
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_ids(cls, devices: list[DeviceConfig]) -> list[DeviceConfig]:
+        seen: set[str] = set()
+        for device in devices:
+            if device.id in seen:
+                raise ValueError(f"device id {device.id!r} is declared twice")
+            seen.add(device.id)
+            if (
+                isinstance(device, LineScannerConfig)
+                and device.purpose == "receive"
+                and not device.location
+            ):
+                raise ValueError(f"device {device.id!r}: purpose 'receive' needs a location")
+        return devices
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("mtsics_scale", "line_scanner"):
+            continue  # the discriminator's branch, not a key the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = SiteConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+    data_dir = config.gateway.data_dir
+    if not data_dir.is_absolute():
+        gateway = config.gateway.model_copy(update={"data_dir": (path.parent / data_dir).resolve()})
+        config = config.model_copy(update={"gateway": gateway})
+    return config

@@ -1,0 +1,213 @@
+"""The uplink: drains the outbox to the broker and trims it only on the hub's ack.
+
+Sends batches of stored events (QoS 1) while the hub is present and fewer than
+``window_events`` are unacked; resends from the hub's ack watermark after a reconnect,
+when the hub comes back, or when acks stop coming (``ack_timeout_s``). The hub applies
+each (gateway, seq) at most once, so a resend never doubles anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import aiomqtt
+import msgspec
+import structlog
+
+from warelink.edge.config import GatewayConfig
+from warelink.edge.drivers.base import Backoff
+from warelink.edge.outbox import Outbox
+from warelink.edge.settings import EdgeSettings
+from warelink.protocol import wire
+from warelink.protocol.errors import DecodeError
+from warelink.protocol.messages import Ack, Birth, Death, EventBatch, HubPresence
+from warelink.protocol.topics import Kind, Topics
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class UplinkStats:
+    connected: bool = False
+    hub_online: bool = False
+    batches_sent: int = 0
+    events_sent: int = 0
+    events_resent: int = 0
+    acks_received: int = 0
+
+
+class Uplink:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        settings: EdgeSettings,
+        outbox: Outbox,
+        *,
+        devices: list[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.outbox = outbox
+        self.devices = devices or []
+        self.topics = Topics(settings.mqtt_prefix)
+        self.stats = UplinkStats()
+        self.log = log.bind(gateway=config.id, site=config.site)
+        self._acked = 0
+        self._cursor = 0  # last seq handed to the broker in this session
+        self._highest_sent = 0  # for counting resends
+        self._last_progress = time.monotonic()
+        self._wake = asyncio.Event()
+
+    def _topic(self, kind: Kind) -> str:
+        return self.topics.gateway(self.config.site, self.config.id, kind)
+
+    async def run(self) -> None:
+        """Stay connected until cancelled, reconnecting with backoff."""
+        self._acked = await asyncio.to_thread(self.outbox.acked_seq)
+        self._highest_sent = self._acked
+        backoff = Backoff(initial=0.2, cap=5.0)
+        while True:
+            try:
+                await self._session(backoff)
+            except aiomqtt.MqttError as exc:
+                if self.stats.connected or backoff.attempts == 0:  # log the change, not retries
+                    self.log.warning("uplink.disconnected", error=str(exc))
+            finally:
+                self.stats.connected = False
+                self.stats.hub_online = False
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _session(self, backoff: Backoff) -> None:
+        session = await asyncio.to_thread(self.outbox.next_session)
+        death = wire.encode(Death(gateway=self.config.id, session=session))
+        client = aiomqtt.Client(
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            identifier=f"warelink-edge-{self.config.site}-{self.config.id}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self._topic(Kind.DEATH), death, qos=1),
+            keepalive=10,
+            timeout=10,
+        )
+        async with client:
+            self.stats.connected = True
+            backoff.reset()
+            self.log.info("uplink.connected", session=session, acked_seq=self._acked)
+            await client.subscribe(self._topic(Kind.ACK), qos=1)
+            await client.subscribe(self.topics.hub_presence(), qos=1)
+            birth = Birth(
+                gateway=self.config.id,
+                site=self.config.site,
+                session=session,
+                last_seq=self.outbox.last_seq,
+                devices=self.devices,
+            )
+            await client.publish(self._topic(Kind.BIRTH), wire.encode(birth), qos=1)
+            self._rewind()
+            try:
+                await self._serve(client, session)
+            except asyncio.CancelledError:
+                # A clean stop disconnects normally, so the broker keeps the Will: say it.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await client.publish(self._topic(Kind.DEATH), death, qos=1)
+                raise
+
+    async def _serve(self, client: aiomqtt.Client, session: int) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._receive(client), name="uplink-receive")
+                tasks.create_task(self._send(client, session), name="uplink-send")
+        except* aiomqtt.MqttError as group:
+            raise group.exceptions[0] from None
+
+    def _rewind(self) -> None:
+        """Resend everything after the hub's watermark."""
+        self._cursor = self._acked
+        self._last_progress = time.monotonic()
+        self._wake.set()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                continue
+            try:
+                decoded = wire.decode(bytes(payload))
+            except DecodeError as exc:
+                self.log.warning("uplink.bad_message", topic=str(message.topic), error=str(exc))
+                continue
+            if isinstance(decoded, Ack) and decoded.gateway == self.config.id:
+                await self._on_ack(decoded.seq)
+            elif isinstance(decoded, HubPresence):
+                was = self.stats.hub_online
+                self.stats.hub_online = decoded.online
+                if decoded.online and not was:
+                    self.log.info("uplink.hub_online", instance=decoded.instance)
+                    self._rewind()
+                elif was and not decoded.online:
+                    self.log.warning("uplink.hub_offline")
+
+    async def _on_ack(self, seq: int) -> None:
+        self.stats.acks_received += 1
+        if seq <= self._acked:
+            return
+        self._acked = await asyncio.to_thread(self.outbox.mark_acked, seq)
+        self._cursor = max(self._cursor, self._acked)
+        self._last_progress = time.monotonic()
+        self._wake.set()
+
+    async def _send(self, client: aiomqtt.Client, session: int) -> None:
+        max_events = self.config.batch_max_events
+        max_wait = self.config.batch_max_wait_ms / 1000
+        events_topic = self._topic(Kind.EVENTS)
+        while True:
+            ready = (
+                self.stats.hub_online
+                and self._cursor < self.outbox.last_seq
+                and self._cursor - self._acked < self.config.window_events
+            )
+            if not ready:
+                self._check_ack_timeout()
+                self._wake.clear()
+                self.outbox.appended.clear()
+                wake = asyncio.ensure_future(self._wake.wait())
+                appended = asyncio.ensure_future(self.outbox.appended.wait())
+                try:
+                    await asyncio.wait(
+                        [wake, appended],
+                        timeout=self.config.ack_timeout_s / 2,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    wake.cancel()
+                    appended.cancel()
+                continue
+            if self.outbox.last_seq - self._cursor < max_events and max_wait > 0:
+                await asyncio.sleep(max_wait)  # let a fuller batch gather
+            rows = await asyncio.to_thread(self.outbox.read_after, self._cursor, max_events)
+            if not rows:
+                continue
+            batch = EventBatch(
+                gateway=self.config.id,
+                session=session,
+                events=[msgspec.Raw(payload) for _, payload in rows],
+            )
+            await client.publish(events_topic, wire.encode(batch), qos=1)
+            first, last = rows[0][0], rows[-1][0]
+            resent = max(0, min(last, self._highest_sent) - first + 1)
+            self.stats.events_resent += resent
+            self._highest_sent = max(self._highest_sent, last)
+            self.stats.batches_sent += 1
+            self.stats.events_sent += len(rows)
+            self._cursor = last
+
+    def _check_ack_timeout(self) -> None:
+        if self._cursor > self._acked and (
+            time.monotonic() - self._last_progress > self.config.ack_timeout_s
+        ):
+            self.log.warning("uplink.ack_timeout", acked_seq=self._acked, sent_seq=self._cursor)
+            self._rewind()

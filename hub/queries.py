@@ -1,0 +1,49 @@
+"""Read-side SQL for the REST API; each function takes the connection as a keyword."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from warelink.hub.store import BalanceChange
+
+
+async def list_sites(*, conn: AsyncConnection) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT s.id, s.created_at,"
+        " (SELECT count(*) FROM gateways g WHERE g.site = s.id) AS gateways,"
+        " (SELECT count(*) FROM gateways g WHERE g.site = s.id AND g.online) AS gateways_online"
+        " FROM sites s ORDER BY s.id"
+    )
+    return await cur.fetchall()
+
+
+async def site_exists(site: str, *, conn: AsyncConnection) -> bool:
+    cur = await conn.execute("SELECT 1 FROM sites WHERE id = %s", (site,))
+    return await cur.fetchone() is not None
+
+
+async def site_stock(
+    site: str, *, include_virtual: bool = False, conn: AsyncConnection
+) -> list[BalanceChange]:
+    cur = await conn.execute(
+        "SELECT b.site, b.location, b.sku, b.lot, b.quantity FROM balances b"
+        " JOIN locations l ON l.site = b.site AND l.code = b.location"
+        " WHERE b.site = %s AND (%s OR l.kind = 'internal') AND b.quantity <> 0"
+        " ORDER BY b.location, b.sku, b.lot",
+        (site, include_virtual),
+    )
+    return [BalanceChange(*row) for row in await cur.fetchall()]
+
+
+async def list_gateways(*, conn: AsyncConnection) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT id, site, online, session, max_seq AS last_seq_received, acked_seq,"
+        " birth_last_seq, events_received, duplicates_dropped, first_seen_at, last_seen_at"
+        " FROM gateways ORDER BY site, id"
+    )
+    return await cur.fetchall()

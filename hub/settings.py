@@ -1,0 +1,46 @@
+"""Settings of a hub process, from the environment (built once at start)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AnyUrl, UrlConstraints, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MqttUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["mqtt"], default_port=1883)]
+
+
+class HubSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WARELINK_", frozen=True)
+
+    db_url: str = "postgresql://postgres@127.0.0.1:5432/warelink"
+    mqtt_url: MqttUrl = AnyUrl("mqtt://127.0.0.1:1883")
+    mqtt_prefix: str = "warelink"
+    http: str = "127.0.0.1:8000"
+    share_group: str = "warelink-hub"
+    ingest_max_events: int = 5000  # per transaction at most
+    ingest_max_wait_ms: int = 10  # gather this long for a fuller transaction
+
+    @field_validator("http")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"WARELINK_HTTP must be host:port, got {value!r}")
+        return value
+
+    @property
+    def http_host(self) -> str:
+        return self.http.rpartition(":")[0]
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http.rpartition(":")[2])
+
+    @property
+    def mqtt_host(self) -> str:
+        return self.mqtt_url.host or "127.0.0.1"
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.mqtt_url.port or 1883
