@@ -234,4 +234,5 @@ def create_app(settings: HubSettings) -> FastAPI:
     async def index() -> HTMLResponse:
         page = resources.files("warelink.dashboards").joinpath("index.html").read_text()
         return HTMLResponse(page)
+
     return app

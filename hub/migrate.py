@@ -44,7 +44,7 @@ def available() -> list[Migration]:
 def ensure_database(db_url: str) -> bool:
     """Create the database named in ``db_url`` if it does not exist; True if created."""
     params = conninfo_to_dict(db_url)
-    name = params.get("dbname") or "postgres"
+    name = str(params.get("dbname") or "postgres")
     admin = make_conninfo(db_url, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()

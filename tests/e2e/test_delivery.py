@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import contextlib
+import datetime as dt
 import random
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import httpx
-import psycopg
 import msgspec
+import psycopg
 
 from tests.conftest import MQTT_HOST, MQTT_PORT
 from tests.support.hub import HubProcess
@@ -52,7 +53,9 @@ async def produce(
         await asyncio.sleep(1 / rate)
 
 
-async def wait_caught_up(hub: HubProcess, gateways: list[Gateway], *, timeout: float) -> list[dict]:
+async def wait_caught_up(
+    hub: HubProcess, gateways: list[Gateway], *, timeout: float
+) -> list[dict[str, Any]]:
     async with asyncio.timeout(timeout):
         while True:
             rows = {row["id"]: row for row in await hub.get("/api/v1/gateways")}
@@ -100,16 +103,20 @@ async def test_hub_killed_for_20s_loses_and_doubles_nothing(
     with psycopg.connect(hub_settings.db_url) as conn:
         for row in rows:
             gateway = next(g for g in gateways if g.config.gateway.id == row["id"])
-            stored, distinct, top = conn.execute(
-                "SELECT count(*), count(DISTINCT event_id), max(seq) FROM events WHERE gateway = %s",
+            counts = conn.execute(
+                "SELECT count(*), count(DISTINCT event_id), max(seq) FROM events"
+                " WHERE gateway = %s",
                 (row["id"],),
             ).fetchone()
+            assert counts is not None
+            stored, distinct, top = counts
             assert row["acked_seq"] == gateway.outbox.last_seq == stored == distinct == top
             assert row["events_received"] == stored
         stock = dict(
             ((site, sku), int(qty))
             for site, sku, qty in conn.execute(
-                "SELECT site, sku, sum(quantity) FROM balances WHERE location = 'DOCK-1' GROUP BY 1, 2"
+                "SELECT site, sku, sum(quantity) FROM balances WHERE location = 'DOCK-1'"
+                " GROUP BY 1, 2"
             ).fetchall()
         )
         assert stock == expected
@@ -131,9 +138,9 @@ async def test_malformed_events_payload_is_counted_dropped_and_ingest_goes_on(
         while True:
             metrics = (await http.get("/metrics")).text
             line = next(
-                l
-                for l in metrics.splitlines()
-                if l.startswith("warelink_hub_malformed_dropped_total")
+                text
+                for text in metrics.splitlines()
+                if text.startswith("warelink_hub_malformed_dropped_total")
             )
             if float(line.split()[-1]) >= len(garbage):
                 break
@@ -156,16 +163,17 @@ async def test_batches_delivered_twice_are_stored_once(hub: HubProcess, mqtt_pre
     """The same batches published again (as after a lost ack) are dropped as duplicates."""
     topics = Topics(mqtt_prefix)
     now = dt.datetime.now(dt.UTC)
+    receipt = Receipt(location="DOCK-1", gtin=GTINS[0], quantity=1)
     events = [
-        Event(gateway="gw-d", seq=seq, id=new_event_id(), device="scanner-1", cls=TrafficClass.LEDGER,
-              occurred_at=now, body=Receipt(location="DOCK-1", gtin=GTINS[0], quantity=1))
+        Event(gateway="gw-d", seq=seq, id=new_event_id(), device="scanner-1",
+              cls=TrafficClass.LEDGER, occurred_at=now, body=receipt)
         for seq in range(1, 51)
     ]  # fmt: skip
+    raw = [msgspec.Raw(wire.encode_event(e)) for e in events]
     payloads = [
-        wire.encode(EventBatch(gateway="gw-d", session=1,
-                               events=[msgspec.Raw(wire.encode_event(e)) for e in events[i : i + 10]]))
+        wire.encode(EventBatch(gateway="gw-d", session=1, events=raw[i : i + 10]))
         for i in range(0, 50, 10)
-    ]  # fmt: skip
+    ]
     acks: list[int] = []
     async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as client:
         await client.subscribe(topics.gateway("site-d", "gw-d", Kind.ACK), qos=1)
@@ -173,7 +181,8 @@ async def test_batches_delivered_twice_are_stored_once(hub: HubProcess, mqtt_pre
             await client.publish(topics.gateway("site-d", "gw-d", Kind.EVENTS), payload, qos=1)
         async with asyncio.timeout(20):
             async for message in client.messages:
-                ack = wire.decode(message.payload)  # type: ignore[arg-type]
+                assert isinstance(message.payload, bytes)
+                ack = wire.decode(message.payload)
                 assert isinstance(ack, Ack)
                 acks.append(ack.seq)
                 rows = await hub.get("/api/v1/gateways")

@@ -29,12 +29,11 @@ class HubProcess:
         }
 
     async def start(self, *, timeout: float = 30) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "warelink.edge.cli", "hub", "serve",
-            env=self.env(), stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
+        with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - a local file, once
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "warelink.edge.cli", "hub", "serve",
+                env=self.env(), stdout=log, stderr=log,
+            )  # fmt: skip
         await self.wait_ready(timeout=timeout)
 
     async def wait_ready(self, *, timeout: float) -> None:

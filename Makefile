@@ -1,0 +1,43 @@
+# The two commands: `make demo` and `make test`. Everything else is a step of theirs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_SYSTEM_CERTS := 1
+UV := python3 -m uv
+
+.PHONY: env services test lint check demo bench clean
+
+# The environment: locked dependencies (uv.lock), all extras, the project editable.
+$(VENV)/.synced: pyproject.toml uv.lock
+	$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen --extra dev --quiet
+	touch $@
+
+# mypy cannot follow setuptools' editable finder: a tree of links gives it the namespace.
+.typecheck/warelink: Makefile
+	mkdir -p $@
+	for pair in protocol:protocol edge:edge hub:hub sim:firmware-sim dashboards:dashboards; do \
+		ln -sfn ../../$${pair#*:} $@/$${pair%%:*}; done
+
+env: $(VENV)/.synced
+
+services:
+	@bash deploy/services.sh
+
+lint: env .typecheck/warelink
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy -p warelink -p tests
+
+test: env services lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: env services
+	$(VENV)/bin/warelink demo $(DEMO_ARGS)
+
+bench: env services
+	$(PY) bench/edge_outbox.py
+	$(PY) bench/hub_ingest.py
+
+clean:
+	rm -rf $(VENV) .typecheck .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,155 @@
+"""Driver for a serial line barcode scanner (GS1-128, GS1 DataMatrix/QR, plain codes).
+
+A scanner on a receiving dock (``purpose = "receive"``) turns each GS1 label that names
+a trade item into a ledger ``Receipt`` at its location; any other scanner, and any other
+scan, becomes a ``Scan`` event. Line noise never stops the driver: a burst of bad lines
+is logged once, with a count, when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import serial
+import serial_asyncio
+import structlog
+
+from warelink.edge.config import LineScannerConfig
+from warelink.edge.drivers.base import Backoff, Emit
+from warelink.protocol.gs1 import Gs1Scan, LineDecoder, Malformed
+from warelink.protocol.messages import (
+    DeviceState,
+    DeviceStatus,
+    Receipt,
+    Scan,
+    TrafficClass,
+)
+
+READ_SIZE = 4096
+
+
+class LineScannerDriver:
+    """Reads scans from one serial scanner until cancelled, reconnecting with backoff.
+
+    ``garbage_quiet_s``: a burst of bad lines ends at the next good scan, at a disconnect,
+    or after this long without data; its one warning is logged then.
+    """
+
+    def __init__(
+        self,
+        config: LineScannerConfig,
+        emit: Emit,
+        *,
+        backoff: Backoff | None = None,
+        garbage_quiet_s: float = 1.0,
+    ) -> None:
+        if config.purpose == "receive" and not config.location:
+            raise ValueError(f"line scanner {config.id!r}: purpose 'receive' needs a location")
+        self.config = config
+        self.device_id = config.id
+        self._emit = emit
+        self._backoff = backoff or Backoff()
+        self._garbage_quiet_s = garbage_quiet_s
+        self._log = structlog.get_logger(__name__).bind(device=config.id)
+        self._state: DeviceState | None = None
+        self._bad_lines = 0
+        self._bad_sample: tuple[str, bytes] | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                reader, writer = await serial_asyncio.open_serial_connection(
+                    url=self.config.port, baudrate=self.config.baudrate
+                )
+            except (serial.SerialException, OSError) as exc:
+                await self._set_state(DeviceState.OFFLINE, f"cannot open port: {exc}")
+                await asyncio.sleep(self._backoff.next_delay())
+                continue
+            detail = "port closed"
+            try:
+                self._backoff.reset()
+                await self._set_state(DeviceState.ONLINE, "")
+                await self._read(reader)
+            except (serial.SerialException, OSError) as exc:
+                detail = f"port lost: {exc}"
+            finally:
+                self._flush_bad_lines()
+                writer.close()
+                with contextlib.suppress(serial.SerialException, OSError):
+                    await writer.wait_closed()
+            await self._set_state(DeviceState.OFFLINE, detail)
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        decoder = LineDecoder()
+        while True:
+            if self._bad_lines:
+                try:
+                    async with asyncio.timeout(self._garbage_quiet_s):
+                        data = await reader.read(READ_SIZE)
+                except TimeoutError:
+                    self._flush_bad_lines()
+                    continue
+            else:
+                data = await reader.read(READ_SIZE)
+            if not data:
+                return
+            for item in decoder.feed(data):
+                await self._handle(item)
+
+    async def _handle(self, item: Gs1Scan | Malformed) -> None:
+        if isinstance(item, Malformed):
+            self._bad_line(item.reason, item.data)
+            return
+        receiving = self.config.purpose == "receive"
+        if receiving and not item.is_gs1:
+            self._bad_line("not a GS1 scan", item.raw.encode())
+        else:
+            self._flush_bad_lines()
+        gtin = item.gtin or item.content_gtin
+        if receiving and gtin and item.count != 0:
+            assert self.config.location is not None  # checked in __init__
+            receipt = Receipt(
+                location=self.config.location,
+                gtin=gtin,
+                quantity=1 if item.count is None else item.count,
+                lot=item.lot,
+                expiry=item.expiry,
+                sscc=item.sscc,
+                serial=item.serial,
+            )
+            await self._emit(self.device_id, TrafficClass.LEDGER, receipt)
+            return
+        if receiving and gtin:
+            self._log.warning("receipt scan with count 0, sent as a plain scan", raw=item.raw)
+        scan = Scan(raw=item.raw, symbology=item.symbology, elements=dict(item.elements))
+        await self._emit(self.device_id, TrafficClass.LEDGER, scan)
+
+    def _bad_line(self, reason: str, data: bytes) -> None:
+        if not self._bad_lines:
+            self._bad_sample = (reason, data[:64])
+        self._bad_lines += 1
+
+    def _flush_bad_lines(self) -> None:
+        if not self._bad_lines:
+            return
+        reason, sample = self._bad_sample or ("", b"")
+        self._log.warning(
+            "scanner sent lines that are not usable scans",
+            count=self._bad_lines,
+            first_reason=reason,
+            first_line=sample,
+        )
+        self._bad_lines = 0
+        self._bad_sample = None
+
+    async def _set_state(self, state: DeviceState, detail: str) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        if state == DeviceState.ONLINE:
+            self._log.info("scanner online", port=self.config.port)
+        else:
+            self._log.warning("scanner offline", port=self.config.port, detail=detail)
+        await self._emit(self.device_id, TrafficClass.TELEMETRY, DeviceStatus(state, detail))

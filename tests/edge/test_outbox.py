@@ -1,0 +1,91 @@
+"""The outbox: sequence, durability across SIGKILL, acks that only move forward."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from warelink.edge.outbox import Draft, Outbox, read_status
+from warelink.protocol import wire
+from warelink.protocol.messages import Receipt, TrafficClass, WeightReading
+
+WHEN = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+
+
+def draft(n: int) -> Draft:
+    return Draft("scale-1", TrafficClass.LEDGER, WeightReading(float(n), "kg", True), WHEN)
+
+
+async def test_concurrent_appends_get_one_gapless_sequence(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+        ends = await asyncio.gather(*(outbox.append([draft(i)] * 3) for i in range(200)))
+        assert sorted(ends) == list(range(3, 601, 3))
+        rows = outbox.read_after(0, 10_000)
+    assert [seq for seq, _ in rows] == list(range(1, 601))
+    events = [wire.decode_event(payload) for _, payload in rows]
+    assert {e.gateway for e in events} == {"gw-a"}
+    assert len({e.id for e in events}) == 600
+    assert all(e.seq == seq for e, (seq, _) in zip(events, rows, strict=True))
+
+
+async def test_sequence_and_session_continue_after_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, "gw-a") as outbox:
+        await outbox.add("d", TrafficClass.LEDGER, Receipt(location="L", gtin="1", quantity=1))
+        assert outbox.next_session() == 1
+    async with Outbox(path, "gw-a") as outbox:
+        assert outbox.last_seq == 1
+        assert await outbox.append([draft(1)]) == 2
+        assert outbox.next_session() == 2
+
+
+async def test_ack_trims_and_never_moves_back_or_past_the_end(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+        await outbox.append([draft(i) for i in range(10)])
+        assert outbox.mark_acked(4) == 4
+        assert [seq for seq, _ in outbox.read_after(0, 100)] == list(range(5, 11))
+        assert outbox.mark_acked(2) == 4
+        assert outbox.mark_acked(99) == 10
+        status = outbox.status()
+    assert (status.last_seq, status.acked_seq, status.depth) == (10, 10, 0)
+
+
+def test_sigkill_loses_nothing_reported_stored(tmp_path: Path) -> None:
+    """Every seq the writer said was stored is there after a SIGKILL mid-stream."""
+    path = tmp_path / "o.db"
+    script = textwrap.dedent(f"""
+        import asyncio, datetime as dt, sys
+        from warelink.edge.outbox import Draft, Outbox
+        from warelink.protocol.messages import TrafficClass, WeightReading
+        async def main():
+            async with Outbox(__import__("pathlib").Path({str(path)!r}), "gw-a") as outbox:
+                while True:
+                    d = Draft("s", TrafficClass.LEDGER, WeightReading(1.0, "kg", True),
+                              dt.datetime.now(dt.UTC))
+                    seq = await outbox.append([d] * 10)
+                    print(seq, flush=True)
+        asyncio.run(main())
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    reported = 0
+    for line in child.stdout:
+        reported = int(line)
+        if reported >= 3000:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    conn = sqlite3.connect(path)
+    status = read_status(conn)
+    seqs = [row[0] for row in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
+    conn.close()
+    assert status.last_seq >= reported
+    assert seqs == list(range(1, status.last_seq + 1))
