@@ -138,7 +138,6 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
     sims = [Child(f"sim {p.stem}", ["sim", "run", "--config", str(p), "--seed", str(i + 1)])
             for i, p in enumerate(configs)]  # fmt: skip
     edges = [Child(f"edge {p.stem}", ["edge", "run", "--config", str(p)]) for p in configs]
-    children = [hub, *sims, *edges]
     stopping = False
     failed = False
     try:
