@@ -74,7 +74,7 @@ async def test_a_pallet_scanned_at_the_dock_shows_up_live(
 
         def scanner_online() -> bool:
             status = live.devices.get("dock-scanner", {})
-            return status.get("body", {}).get("state") == "online"
+            return bool(status.get("body", {}).get("state") == "online")
 
         await live.until(scanner_online)
         label = await scenario.receive_pallet(scenario.docks[0])
