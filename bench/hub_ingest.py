@@ -135,7 +135,7 @@ async def reset(conn: AsyncConnection) -> None:
 async def raw_copy(conn: AsyncConnection, flushes: list[Batches]) -> float:
     now = dt.datetime.now(dt.UTC)
     row_flushes = [
-        [store.event_row(site, e, now) for site, events in flush for e in events]
+        [row for site, events in flush for row in store.event_rows(site, events, now)]
         for flush in flushes
     ]
     total = sum(len(rows) for rows in row_flushes)

@@ -206,13 +206,12 @@ class Outbox:
         except Exception as exc:  # a full disk, a broken file: every waiter hears it
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for request in group:
-                request.loop.call_soon_threadsafe(_fail, request.future, exc)
+            group[0].loop.call_soon_threadsafe(_fail, [r.future for r in group], exc)
             return
         self._last_seq = seq
-        for request, end in zip(group, ends, strict=True):
-            request.loop.call_soon_threadsafe(_resolve, request.future, end)
-        group[0].loop.call_soon_threadsafe(self.appended.set)
+        # One wake-up of the event loop per commit, not one per waiter.
+        settled = [(r.future, end) for r, end in zip(group, ends, strict=True)]
+        group[0].loop.call_soon_threadsafe(_resolve, settled, self.appended)
 
     # -------------------------------------------------------------------- reading
 
@@ -273,11 +272,14 @@ class Outbox:
             return read_status(self._read())
 
 
-def _resolve(future: asyncio.Future[int], seq: int) -> None:
-    if not future.done():
-        future.set_result(seq)
+def _resolve(settled: list[tuple[asyncio.Future[int], int]], appended: asyncio.Event) -> None:
+    for future, seq in settled:
+        if not future.done():
+            future.set_result(seq)
+    appended.set()
 
 
-def _fail(future: asyncio.Future[int], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _fail(futures: list[asyncio.Future[int]], exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)

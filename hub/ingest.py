@@ -9,9 +9,10 @@ edge resends and the duplicates are dropped.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
+import operator
 import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -47,7 +48,7 @@ class FlushResult:
     """What one committed flush changed, for acks and live deltas."""
 
     acks: dict[str, tuple[str, int]] = field(default_factory=dict)  # gateway → (site, seq)
-    events: list[tuple[str, Event]] = field(default_factory=list)  # new (site, event)
+    events: list[tuple[str, list[Event]]] = field(default_factory=list)  # new, per gateway
     balances: list[store.BalanceChange] = field(default_factory=list)
     committed: int = 0
     duplicates: int = 0
@@ -56,6 +57,18 @@ class FlushResult:
 
 class Malformed(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class SessionIncoming:
+    """A birth or death, handled in its place between event flushes."""
+
+    site: str
+    gateway: str
+    payload: bytes
+
+
+Incoming = tuple[str, list[Event]] | SessionIncoming  # (site, events) of an events message
 
 
 def decode_events(topic: str, payload: bytes, topics: Topics) -> tuple[str, list[Event]]:
@@ -75,74 +88,99 @@ def decode_events(topic: str, payload: bytes, topics: Topics) -> tuple[str, list
     return where.site, batch.events
 
 
+def _in_order(events: list[Event]) -> list[Event]:
+    """The events by seq, each seq once (the first copy wins)."""
+    seqs = [e.seq for e in events]
+    if all(map(operator.lt, seqs, seqs[1:])):
+        return events  # the usual case: one or more batches in send order
+    unique: dict[int, Event] = {}
+    for event in events:
+        unique.setdefault(event.seq, event)
+    return [unique[seq] for seq in sorted(unique)]
+
+
 async def commit_events(
     batches: Sequence[tuple[str, list[Event]]], *, conn: AsyncConnection
 ) -> FlushResult:
-    """Store the batches' events exactly once with their ledger effects; one transaction."""
+    """Store the batches' events exactly once with their ledger effects; one transaction.
+
+    Works per gateway on whole lists: the common case (a gateway's new events in order,
+    past everything stored) costs a few list operations and one COPY, no per-event dict.
+    """
     result = FlushResult()
-    unique: dict[tuple[str, int], tuple[str, Event]] = {}
+    offered: dict[str, list[Event]] = {}
     sites: dict[str, str] = {}
-    offered: Counter[str] = Counter()  # events per gateway, duplicates included
     for site, events in batches:
-        for event in events:
-            offered[event.gateway] += 1
-            unique.setdefault((event.gateway, event.seq), (site, event))
-            sites.setdefault(event.gateway, site)
-    if not unique:
+        if events:
+            gateway = events[0].gateway
+            offered.setdefault(gateway, []).extend(events)
+            sites.setdefault(gateway, site)
+    if not offered:
         return result
     now = dt.datetime.now(dt.UTC)
     async with conn.transaction():
         await store.ensure_gateways(((s, g) for g, s in sites.items()), conn=conn)
         marks = await store.lock_gateways(list(sites), conn=conn)
-        fresh: list[store.Row] = []
-        maybe: list[store.Row] = []
-        new_keys: set[tuple[str, int]] = set()
-        for (gateway, seq), (site, event) in unique.items():
-            mark = marks[gateway]
-            if mark.site != site:
-                result.rejected += 1  # a gateway id reused under another site
-                offered[gateway] -= 1
-                continue
-            if seq > mark.max_seq:
-                fresh.append(store.event_row(site, event, now))
-                new_keys.add((gateway, seq))
-            elif seq > mark.acked_seq:
-                maybe.append(store.event_row(site, event, now))
-        if fresh:
-            await store.copy_events(fresh, conn=conn)
-        if maybe:
-            new_keys |= await store.insert_events_dedup(maybe, conn=conn)
-        per_gateway: dict[str, list[int]] = {g: [] for g in marks}
-        for gateway, seq in new_keys:
-            per_gateway[gateway].append(seq)
+        fresh_rows: list[store.Row] = []
+        maybe_rows: list[store.Row] = []
+        new: dict[str, list[Event]] = {}
+        maybe: dict[str, list[Event]] = {}
         for gateway, mark in marks.items():
-            seqs = sorted(per_gateway[gateway])
+            site = sites[gateway]
+            if mark.site != site:  # a gateway id reused under another site
+                result.rejected += len(offered.pop(gateway))
+                continue
+            events = _in_order(offered[gateway])
+            seqs = [e.seq for e in events]
+            # seq <= acked: stored; (acked, max_seq]: maybe stored; > max_seq: new.
+            low = bisect.bisect_right(seqs, mark.acked_seq)
+            high = bisect.bisect_right(seqs, mark.max_seq, lo=low)
+            new[gateway] = events[high:]
+            fresh_rows += store.event_rows(site, events[high:], now)
+            if high > low:
+                maybe[gateway] = events[low:high]
+                maybe_rows += store.event_rows(site, events[low:high], now)
+        if fresh_rows:
+            await store.copy_events(fresh_rows, conn=conn)
+        if maybe_rows:
+            inserted = await store.insert_events_dedup(maybe_rows, conn=conn)
+            for gateway, events in maybe.items():
+                stored = [e for e in events if (gateway, e.seq) in inserted]
+                new[gateway] = stored + new[gateway]
+        for gateway, events in new.items():
+            mark = marks[gateway]
             stored_past_gap = mark.max_seq > mark.acked_seq
-            if seqs:
-                mark.max_seq = max(mark.max_seq, seqs[-1])
-            if stored_past_gap:
-                seqs = await store.seqs_after(gateway, mark.acked_seq, conn=conn)
-            for seq in seqs:
-                if seq != mark.acked_seq + 1:
-                    break
-                mark.acked_seq = seq
-            received = len(per_gateway[gateway])
-            duplicates = offered[gateway] - received
+            if events:
+                mark.max_seq = max(mark.max_seq, events[-1].seq)
+                if not stored_past_gap:
+                    mark.acked_seq = contiguous_end(mark.acked_seq, events)
+                elif events[0].seq == mark.acked_seq + 1:  # this flush fills the gap
+                    mark.acked_seq = await store.contiguous_end(gateway, mark.acked_seq, conn=conn)
+            duplicates = len(offered[gateway]) - len(events)
             result.duplicates += duplicates
-            await store.update_gateway(mark, received=received, duplicates=duplicates, conn=conn)
+            result.committed += len(events)
+            await store.update_gateway(mark, received=len(events), duplicates=duplicates, conn=conn)
             result.acks[gateway] = (mark.site, mark.acked_seq)
-        new_events = sorted(
-            (unique[key] for key in new_keys), key=lambda item: (item[1].gateway, item[1].seq)
-        )
+            result.events.append((mark.site, events))
         receipts = [
             (site, event, event.body)
-            for site, event in new_events
-            if isinstance(event.body, Receipt)
+            for site, events in result.events
+            for event in events
+            if type(event.body) is Receipt
         ]
         result.balances = await store.post_receipts(receipts, conn=conn)
-    result.events = new_events
-    result.committed = len(new_keys)
     return result
+
+
+def contiguous_end(acked: int, events: list[Event]) -> int:
+    """The new watermark: the last of ``events`` (in seq order) with no gap after ``acked``."""
+    if events[0].seq == acked + 1 and events[-1].seq - acked == len(events):
+        return events[-1].seq  # no gap at all: the usual case, in O(1)
+    for event in events:
+        if event.seq != acked + 1:
+            break
+        acked = event.seq
+    return acked
 
 
 class Ingest:
@@ -208,64 +246,83 @@ class Ingest:
                 raise
 
     async def _consume(self, client: aiomqtt.Client, conn: AsyncConnection) -> None:
-        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        queue: asyncio.Queue[Incoming] = asyncio.Queue()
 
         async def receive() -> None:
             async for message in client.messages:
-                queue.put_nowait(message)
+                incoming = self._decode(message)
+                if incoming is not None:
+                    queue.put_nowait(incoming)
 
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(receive(), name="ingest-receive")
             tasks.create_task(self._flush_loop(queue, client, conn), name="ingest-flush")
 
+    def _decode(self, message: aiomqtt.Message) -> Incoming | None:
+        """Decode as messages arrive, so a flush is sized in events, not messages."""
+        self.stats.messages += 1
+        topic = str(message.topic)
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        try:
+            where = self.topics.parse(topic)
+        except DecodeError as exc:
+            self._malformed(topic, str(exc))
+            return None
+        if where.kind is not Kind.EVENTS:
+            return SessionIncoming(where.site, where.gateway, payload)
+        try:
+            return decode_events(topic, payload, self.topics)
+        except Malformed as exc:
+            self._malformed(topic, str(exc))
+            return None
+
     async def _flush_loop(
         self,
-        queue: asyncio.Queue[aiomqtt.Message],
+        queue: asyncio.Queue[Incoming],
         client: aiomqtt.Client,
         conn: AsyncConnection,
     ) -> None:
+        """Gather batches up to ``ingest_max_events`` events or ``ingest_max_wait_ms``."""
         max_events = self.settings.ingest_max_events
         max_wait = self.settings.ingest_max_wait_ms / 1000
+        loop = asyncio.get_running_loop()
         while True:
-            messages = [await queue.get()]
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + max_wait
+            pending: list[tuple[str, list[Event]]] = []
             size = 0
-            while size < max_events:
-                try:
-                    messages.append(queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        async with asyncio.timeout(remaining):
-                            messages.append(await queue.get())
-                    except TimeoutError:
-                        break
-                size += 1
-            await self._flush(messages, client, conn)
+            item: Incoming | None = await queue.get()
+            deadline = loop.time() + max_wait
+            while item is not None:
+                if isinstance(item, SessionIncoming):  # births and deaths keep their place
+                    await self._commit(pending, client, conn)
+                    pending, size = [], 0
+                    await self._session_message(item, client, conn)
+                else:
+                    pending.append(item)
+                    size += len(item[1])
+                if size >= max_events:
+                    break
+                item = await self._next(queue, deadline - loop.time())
+            await self._commit(pending, client, conn)
 
-    async def _flush(
-        self, messages: list[aiomqtt.Message], client: aiomqtt.Client, conn: AsyncConnection
+    @staticmethod
+    async def _next(queue: asyncio.Queue[Incoming], remaining: float) -> Incoming | None:
+        try:
+            return queue.get_nowait()
+        except asyncio.QueueEmpty:
+            if remaining <= 0:
+                return None
+        try:
+            async with asyncio.timeout(remaining):
+                return await queue.get()
+        except TimeoutError:
+            return None
+
+    async def _commit(
+        self,
+        batches: list[tuple[str, list[Event]]],
+        client: aiomqtt.Client,
+        conn: AsyncConnection,
     ) -> None:
-        batches: list[tuple[str, list[Event]]] = []
-        for message in messages:
-            self.stats.messages += 1
-            topic = str(message.topic)
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            try:
-                where = self.topics.parse(topic)
-            except DecodeError as exc:
-                self._malformed(topic, str(exc))
-                continue
-            if where.kind is Kind.EVENTS:
-                try:
-                    batches.append(decode_events(topic, payload, self.topics))
-                except Malformed as exc:
-                    self._malformed(topic, str(exc))
-            else:
-                await self._session_message(where.site, where.gateway, payload, client, conn)
         if not batches:
             return
         result = await commit_events(batches, conn=conn)
@@ -274,22 +331,20 @@ class Ingest:
         self.stats.duplicates_dropped += result.duplicates
         if result.rejected:
             self._malformed("events", f"{result.rejected} events under the wrong site")
-        for gateway, (site, seq) in result.acks.items():
-            ack = wire.encode(Ack(gateway=gateway, seq=seq))
-            await client.publish(self.topics.gateway(site, gateway, Kind.ACK), ack, qos=1)
+        async with asyncio.TaskGroup() as acks:
+            for gateway, (site, seq) in result.acks.items():
+                ack = wire.encode(Ack(gateway=gateway, seq=seq))
+                topic = self.topics.gateway(site, gateway, Kind.ACK)
+                acks.create_task(client.publish(topic, ack, qos=1))
         if self.on_commit is not None:
             self.on_commit(result)
 
     async def _session_message(
-        self,
-        site: str,
-        gateway: str,
-        payload: bytes,
-        client: aiomqtt.Client,
-        conn: AsyncConnection,
+        self, incoming: SessionIncoming, client: aiomqtt.Client, conn: AsyncConnection
     ) -> None:
+        site, gateway = incoming.site, incoming.gateway
         try:
-            message = wire.decode(payload)
+            message = wire.decode(incoming.payload)
         except DecodeError as exc:
             self._malformed(f"{site}/{gateway}", str(exc))
             return

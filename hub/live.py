@@ -99,8 +99,9 @@ class LiveHub:
     def on_commit(self, result: FlushResult) -> None:
         """Turn one committed flush into one delta per site that changed."""
         readings: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        for site, event in result.events:
-            readings[site][event.device] = reading(event)  # the latest wins
+        for site, events in result.events:
+            latest = {event.device: event for event in events}  # conflated: the latest wins
+            readings[site].update((device, reading(e)) for device, e in latest.items())
         balances: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for change in result.balances:
             balances[change.site].append(balance(change))

@@ -66,11 +66,19 @@ class DeviceStatus(msgspec.Struct, frozen=True, tag="device_status"):
 EventBody = WeightReading | Scan | Receipt | DeviceStatus
 
 
-def body_type(body: EventBody) -> str:
-    """The event type name of a body: its wire tag."""
-    tag = type(body).__struct_config__.tag
+def _tag(cls: type[msgspec.Struct]) -> str:
+    tag = cls.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
+
+
+# Reading __struct_config__ builds a new object each time: look the tags up once.
+BODY_TYPES: dict[type, str] = {cls: _tag(cls) for cls in EventBody.__args__}
+
+
+def body_type(body: EventBody) -> str:
+    """The event type name of a body: its wire tag."""
+    return BODY_TYPES[type(body)]
 
 
 # ---------------------------------------------------------------------- events

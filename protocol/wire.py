@@ -38,7 +38,7 @@ class DecodedBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_f
     events: list[Event]
 
 
-_encoder = msgspec.msgpack.Encoder()
+_encoder = msgspec.msgpack.Encoder(uuid_format="bytes")  # 16 bytes, not 36 characters
 _envelope = msgspec.msgpack.Decoder(tuple[int, msgspec.Raw])
 _message = msgspec.msgpack.Decoder(SessionMessage)
 _batch = msgspec.msgpack.Decoder(DecodedBatch)

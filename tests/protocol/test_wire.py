@@ -53,7 +53,7 @@ def test_event_wire_map_is_the_documented_one() -> None:
     """An event is a map with these keys; the body is tagged by ``type``."""
     documented = msgspec.msgpack.encode(
         {
-            "gateway": "gw-a", "seq": 7, "id": str(EVENT_ID), "device": "scale-1", "cls": 1,
+            "gateway": "gw-a", "seq": 7, "id": EVENT_ID.bytes, "device": "scale-1", "cls": 1,
             "occurred_at": WHEN,
             "body": {"type": "weight", "weight": 12.5, "unit": "kg", "stable": True},
         }
