@@ -39,16 +39,26 @@ class GatewayConfig(_Strict):
         return check_name(value, "name")
 
 
-class SerialDevice(_Strict):
+class DeviceBase(_Strict):
+    """What every device declares; each kind adds its transport and options."""
+
     id: str
-    port: str = Field(description="Serial device path, e.g. /dev/ttyUSB0 (or a pty).")
-    baudrate: int = 9600
-    location: str | None = None
+    location: str | None = Field(None, description="Where the device stands (ledger code).")
 
     @field_validator("id")
     @classmethod
     def _topic_safe(cls, value: str) -> str:
         return check_name(value, "device id")
+
+
+class SerialDevice(DeviceBase):
+    port: str = Field(description="Serial device path, e.g. /dev/ttyUSB0 (or a pty).")
+    baudrate: int = 9600
+
+
+class TcpDevice(DeviceBase):
+    host: str
+    port: int = Field(ge=1, le=65535)
 
 
 class MtSicsScaleConfig(SerialDevice):

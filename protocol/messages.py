@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from typing import Any
 
 import msgspec
 
@@ -51,6 +52,84 @@ class Receipt(msgspec.Struct, frozen=True, tag="receipt"):
     serial: str | None = None
 
 
+class Shipment(msgspec.Struct, frozen=True, tag="shipment"):
+    """Goods shipped out of a location: a ledger movement location → customer."""
+
+    location: str
+    gtin: str
+    quantity: int
+    lot: str | None = None
+    sscc: str | None = None
+    serial: str | None = None
+
+
+class Movement(msgspec.Struct, frozen=True, tag="movement"):
+    """Goods moved between two locations of the site (putaway, AGV transport, …)."""
+
+    from_location: str
+    to_location: str
+    gtin: str
+    quantity: int
+    lot: str | None = None
+    lpn: str | None = None  # the licence plate / SSCC of the load, when known
+
+
+class TagRead(msgspec.Struct, frozen=True, tag="tag_read"):
+    """A raw RFID observation (telemetry): what the reader saw, not a movement."""
+
+    epc: str  # hex
+    antenna: int
+    rssi: float | None = None
+    count: int = 1
+    zone: str | None = None
+    decoded: dict[str, str] = {}  # e.g. {"scheme": "sgtin-96", "gtin": …, "serial": …}
+
+
+class ZoneChange(enum.StrEnum):
+    ARRIVED = "arrived"
+    MOVED = "moved"
+    DEPARTED = "departed"
+
+
+class ZoneTransition(msgspec.Struct, frozen=True, tag="zone_transition"):
+    """A smoothed RFID event: a tag arrived in, moved to, or departed from a zone."""
+
+    epc: str
+    change: ZoneChange
+    zone: str
+    previous_zone: str | None = None
+    decoded: dict[str, str] = {}
+
+
+class AgvState(msgspec.Struct, frozen=True, tag="agv_state"):
+    """An AGV's position and condition (telemetry; VDA 5050 state/visualization)."""
+
+    x: float
+    y: float
+    theta: float = 0.0
+    map_id: str = ""
+    driving: bool = False
+    battery: float | None = None  # percent
+    order_id: str | None = None
+    last_node: str | None = None
+    errors: list[str] = []
+
+
+class PrinterState(msgspec.Struct, frozen=True, tag="printer_state"):
+    """A label printer's condition from its status answer (telemetry)."""
+
+    ready: bool
+    faults: list[str] = []  # "paper_out", "ribbon_out", "head_open", "paused", "buffer_full", …
+    labels_remaining: int | None = None
+
+
+class Telemetry(msgspec.Struct, frozen=True, tag="telemetry"):
+    """Named readings of a device without a richer type (e.g. Modbus registers)."""
+
+    values: dict[str, float]
+    unit: dict[str, str] = {}
+
+
 class DeviceState(enum.StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
@@ -63,7 +142,19 @@ class DeviceStatus(msgspec.Struct, frozen=True, tag="device_status"):
     detail: str = ""
 
 
-EventBody = WeightReading | Scan | Receipt | DeviceStatus
+EventBody = (
+    WeightReading
+    | Scan
+    | Receipt
+    | Shipment
+    | Movement
+    | TagRead
+    | ZoneTransition
+    | AgvState
+    | PrinterState
+    | Telemetry
+    | DeviceStatus
+)
 
 
 def _tag(cls: type[msgspec.Struct]) -> str:
@@ -153,7 +244,7 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag="command", tag_fiel
     key: str
     device: str
     action: str
-    args: dict[str, str] = {}
+    args: dict[str, Any] = {}
     expires_at: dt.datetime | None = None
 
 

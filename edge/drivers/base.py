@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Any, Protocol
 
 from warelink.protocol.backoff import Backoff
 from warelink.protocol.messages import EventBody, TrafficClass
 
-__all__ = ["Backoff", "Driver", "Emit"]
+__all__ = ["Backoff", "CommandFailed", "CommandRejected", "Commandable", "Driver", "Emit"]
 
 
 class Emit(Protocol):
@@ -34,3 +34,21 @@ class Driver(Protocol):
     async def run(self) -> None:
         """Talk to the device until cancelled; never returns on device errors."""
         ...
+
+
+class CommandRejected(Exception):
+    """The command is not valid for this device (unknown action, bad arguments)."""
+
+
+class CommandFailed(Exception):
+    """The device could not carry the command out (offline, fault, refused)."""
+
+
+class Commandable(Protocol):
+    """A driver that takes commands from the hub (zero a scale, print, send an order).
+
+    ``execute`` returns a short detail for the command result; it raises
+    CommandRejected or CommandFailed. The router calls it at most once per command key.
+    """
+
+    async def execute(self, action: str, args: dict[str, Any]) -> str: ...
