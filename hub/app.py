@@ -141,7 +141,13 @@ def create_app(settings: HubSettings) -> FastAPI:
     app = FastAPI(
         title="warelink hub",
         version="0.1.0",
-        description="Stock ledger and live state of every warehouse site.",
+        description=(
+            "Stock ledger and live state of every warehouse site.\n\n"
+            "Live websocket (not expressible in OpenAPI): `GET /api/v1/live?site=SITE` sends"
+            " a JSON snapshot `{kind: 'snapshot', site, epoch, version, balances, devices}`,"
+            " then deltas `{kind: 'delta', site, epoch, version, balances, devices}` with"
+            " version + 1 each; a gap in versions means a missed delta: reconnect."
+        ),
         lifespan=lifespan,
     )
     app.state.hub = hub
