@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from warelink.edge import outbox as outbox_module
-from warelink.edge.outbox import Draft, Outbox
+from warelink.edge.outbox import Draft, Outbox, OutboxPolicy
 from warelink.protocol import wire
 from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import Event, Receipt, TrafficClass, WeightReading
@@ -112,7 +112,7 @@ class CountingOutbox(Outbox):
 
 async def outbox_lists(path: Path, sync: Sync, drafts: list[Draft], appenders: int):
     lists = [drafts[i : i + BATCH] for i in range(0, len(drafts), BATCH)]
-    async with CountingOutbox(path, "gw-bench", synchronous=sync) as ob:
+    async with CountingOutbox(path, "gw-bench", OutboxPolicy(synchronous=sync)) as ob:
 
         async def appender(k: int) -> None:
             for chunk in lists[k::appenders]:
@@ -128,7 +128,7 @@ async def outbox_lists(path: Path, sync: Sync, drafts: list[Draft], appenders: i
 
 
 async def outbox_singles(path: Path, sync: Sync, drafts: list[Draft], callers: int):
-    async with CountingOutbox(path, "gw-bench", synchronous=sync) as ob:
+    async with CountingOutbox(path, "gw-bench", OutboxPolicy(synchronous=sync)) as ob:
 
         async def caller(k: int) -> None:
             for d in drafts[k::callers]:

@@ -36,7 +36,8 @@ from psycopg import AsyncConnection, sql
 from psycopg.types.json import set_json_dumps
 
 from warelink.hub import store
-from warelink.hub.ingest import Ingest, commit_events
+from warelink.hub.commit import IncomingBatch, commit_events
+from warelink.hub.ingest import Ingest
 from warelink.hub.migrate import migrate
 from warelink.hub.settings import HubSettings
 from warelink.protocol import wire
@@ -54,7 +55,7 @@ from warelink.protocol.topics import Kind, Topics
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 MESSAGE_EVENTS = 500
-Batches = list[tuple[str, list[Event]]]
+Batches = list[IncomingBatch]
 
 
 def make_events(total: int, gateways: int, receipt_share: float) -> dict[str, list[Event]]:
@@ -97,7 +98,7 @@ def site_of(gateway: str) -> str:
     return f"site-{int(gateway.rsplit('-', 1)[1]) % 2}"
 
 
-def messages_round_robin(per_gateway: dict[str, list[Event]]) -> list[tuple[str, list[Event]]]:
+def messages_round_robin(per_gateway: dict[str, list[Event]]) -> list[IncomingBatch]:
     """500-event messages, gateways interleaved, each gateway's in seq order."""
     chunks = {
         gw: [evs[i : i + MESSAGE_EVENTS] for i in range(0, len(evs), MESSAGE_EVENTS)]
@@ -107,11 +108,12 @@ def messages_round_robin(per_gateway: dict[str, list[Event]]) -> list[tuple[str,
     for k in range(max(len(c) for c in chunks.values())):
         for gw, c in chunks.items():
             if k < len(c):
-                out.append((site_of(gw), c[k]))
+                seqs = (c[k][0].seq, c[k][-1].seq)
+                out.append(IncomingBatch(site_of(gw), gw, *seqs, c[k], skew_ms=0.0))
     return out
 
 
-def flushes_of(messages: list[tuple[str, list[Event]]], flush_events: int) -> list[Batches]:
+def flushes_of(messages: list[IncomingBatch], flush_events: int) -> list[Batches]:
     per = max(1, flush_events // MESSAGE_EVENTS)
     return [messages[i : i + per] for i in range(0, len(messages), per)]
 
@@ -135,8 +137,7 @@ async def reset(conn: AsyncConnection) -> None:
 async def raw_copy(conn: AsyncConnection, flushes: list[Batches]) -> float:
     now = dt.datetime.now(dt.UTC)
     row_flushes = [
-        [row for site, events in flush for row in store.event_rows(site, events, now)]
-        for flush in flushes
+        [row for b in flush for row in store.event_rows(b.site, b.events, now)] for flush in flushes
     ]
     total = sum(len(rows) for rows in row_flushes)
     start = time.perf_counter()
@@ -154,7 +155,7 @@ async def raw_copy(conn: AsyncConnection, flushes: list[Batches]) -> float:
 
 async def run_commits(conn: AsyncConnection, flushes: list[Batches]) -> tuple[float, int, int]:
     committed = duplicates = 0
-    offered = sum(len(events) for flush in flushes for _, events in flush)
+    offered = sum(len(b.events) for flush in flushes for b in flush)
     start = time.perf_counter()
     for flush in flushes:
         result = await commit_events(flush, conn=conn)
@@ -171,8 +172,8 @@ async def part_a(url: str, args: argparse.Namespace) -> dict[str, float]:
     telemetry = flushes_of(
         messages_round_robin(make_events(args.events, args.gateways, 0.0)), args.flush_events
     )
-    total = sum(len(ev) for f in mixed for _, ev in f)
-    receipts = sum(isinstance(e.body, Receipt) for f in mixed for _, ev in f for e in ev)
+    total = sum(len(b.events) for f in mixed for b in f)
+    receipts = sum(isinstance(e.body, Receipt) for f in mixed for b in f for e in b.events)
     figures: dict[str, list[float]] = {k: [] for k in ("raw", "mixed", "dup", "telemetry")}
     async with await connect(url) as conn:
         for _ in range(args.repeat):
@@ -229,6 +230,9 @@ async def part_b(url: str, args: argparse.Namespace, raw: float | None) -> tuple
                 EventBatch(
                     gateway=gw,
                     session=session,
+                    first_seq=evs[i].seq,
+                    last_seq=evs[min(i + MESSAGE_EVENTS, len(evs)) - 1].seq,
+                    sent_at=dt.datetime.now(dt.UTC),
                     events=[msgspec.Raw(wire.encode_event(e)) for e in evs[i : i + MESSAGE_EVENTS]],
                 )
             )

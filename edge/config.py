@@ -31,7 +31,14 @@ class GatewayConfig(_Strict):
     batch_max_wait_ms: int = Field(10, ge=0, le=5_000)
     window_events: int = Field(20_000, ge=1, description="Unacked events in flight at most.")
     ack_timeout_s: float = Field(5.0, gt=0, description="Resend from the ack watermark after this.")
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL", description="SQLite: NORMAL survives SIGKILL, FULL also a power cut."
+    )
+    retention_s: float = Field(600.0, ge=0, description="Keep acked events this long (replay).")
+    telemetry_budget: int = Field(200_000, ge=0, description="Unacked telemetry rows at most.")
+    disk_budget_mb: float = Field(1024.0, gt=0, description="Outbox file size at most.")
+    stats_interval_s: float = Field(10.0, gt=0, description="Counters to the hub this often.")
+    metrics: str | None = Field(None, description="host:port for Prometheus /metrics.")
 
     @field_validator("id", "site")
     @classmethod
@@ -43,7 +50,7 @@ class DeviceBase(_Strict):
     """What every device declares; each kind adds its transport and options."""
 
     id: str
-    location: str | None = Field(None, description="Where the device stands (ledger code).")
+    location: str | None = Field(default=None, description="Where the device stands (ledger code).")
 
     @field_validator("id")
     @classmethod

@@ -1,22 +1,26 @@
-"""One gateway: its outbox, its device drivers and its uplink, in one TaskGroup."""
+"""One gateway: its outbox, drivers, command router and uplink, in one TaskGroup."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import structlog
 
+from warelink.edge.commands import CommandRouter
 from warelink.edge.config import DeviceConfig, LineScannerConfig, MtSicsScaleConfig, SiteConfig
 from warelink.edge.drivers.base import Driver, Emit
-from warelink.edge.outbox import Outbox
+from warelink.edge.metrics import serve_metrics
+from warelink.edge.outbox import Outbox, OutboxPolicy, Pressure
 from warelink.edge.settings import EdgeSettings
 from warelink.edge.uplink import Uplink
 
 log = structlog.get_logger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
+HOUSEKEEPING_S = 1.0
 
 
 def make_driver(device: DeviceConfig, emit: Emit) -> Driver:
@@ -33,35 +37,105 @@ def make_driver(device: DeviceConfig, emit: Emit) -> Driver:
 
 
 class Gateway:
-    """Runs until cancelled. ``started`` is set once the outbox is open."""
+    """Runs until cancelled."""
 
     def __init__(self, config: SiteConfig, settings: EdgeSettings) -> None:
         self.config = config
         self.settings = settings
+        gw = config.gateway
+        self.log = log.bind(gateway=gw.id, site=gw.site)
         self.outbox = Outbox(
-            config.gateway.data_dir / OUTBOX_FILE,
-            config.gateway.id,
-            synchronous=config.gateway.synchronous,
+            gw.data_dir / OUTBOX_FILE,
+            gw.id,
+            OutboxPolicy(
+                retention_s=gw.retention_s,
+                telemetry_budget=gw.telemetry_budget,
+                disk_budget_bytes=int(gw.disk_budget_mb * 1024 * 1024),
+                synchronous=gw.synchronous,
+            ),
         )
+        self.drivers = {
+            device.id: make_driver(device, self.outbox.add) for device in config.devices
+        }
+        self.router = CommandRouter(self.outbox, self.drivers)
         self.uplink = Uplink(
-            config.gateway, settings, self.outbox, devices=[d.id for d in config.devices]
+            gw,
+            settings,
+            self.outbox,
+            devices=list(self.drivers),
+            on_command=self.router.submit,
+            counters=lambda: asyncio.to_thread(self.counters),
         )
-        self.drivers = [make_driver(device, self.outbox.add) for device in config.devices]
 
     async def run(self) -> None:
         gw = self.config.gateway
-        async with self.outbox:
-            log.info(
-                "gateway.started",
-                gateway=gw.id,
-                site=gw.site,
-                devices=len(self.drivers),
-                last_seq=self.outbox.last_seq,
+        async with self.outbox, self.router.running(), asyncio.TaskGroup() as tasks:
+            self.log.info(
+                "gateway.started", devices=len(self.drivers), last_seq=self.outbox.last_seq
             )
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.uplink.run(), name=f"uplink-{gw.id}")
-                for driver in self.drivers:
-                    tasks.create_task(driver.run(), name=f"driver-{driver.device_id}")
+            tasks.create_task(self.uplink.run(), name=f"uplink-{gw.id}")
+            tasks.create_task(self._housekeeping(), name=f"housekeeping-{gw.id}")
+            if gw.metrics:
+                tasks.create_task(
+                    serve_metrics(gw.metrics, gw.id, self.counters), name=f"metrics-{gw.id}"
+                )
+            for device_id, driver in self.drivers.items():
+                tasks.create_task(driver.run(), name=f"driver-{device_id}")
+
+    async def _housekeeping(self) -> None:
+        """Retention, budgets and the disk alarm: logged when the state changes."""
+        pressure = Pressure.OK
+        while True:
+            now = await asyncio.to_thread(self.outbox.housekeeping)
+            self.outbox.set_pressure(now)
+            counters = await asyncio.to_thread(self.counters)
+            await asyncio.to_thread(self.outbox.save_counters, counters)
+            if now is not pressure:
+                status = await asyncio.to_thread(self.outbox.status)
+                level = self.log.warning if now is not Pressure.OK else self.log.info
+                level(
+                    "outbox.pressure",
+                    pressure=now.value,
+                    used_bytes=status.used_bytes,
+                    budget_bytes=self.outbox.policy.disk_budget_bytes,
+                    depth=status.depth,
+                )
+                pressure = now
+            await asyncio.sleep(HOUSEKEEPING_S)
+
+    def counters(self) -> dict[str, float]:
+        """Every counter of this gateway, flat: for the hub and /metrics (blocking read)."""
+        status = self.outbox.status()
+        uplink, router = self.uplink.stats, self.router.stats
+        oldest = status.oldest_unacked_at
+        return {
+            "last_seq": status.last_seq,
+            "acked_seq": status.acked_seq,
+            "outbox_depth": status.depth,
+            "outbox_depth_ledger": status.depth_ledger,
+            "outbox_depth_telemetry": status.depth_telemetry,
+            "outbox_retained": status.retained,
+            "oldest_unacked_age_s": 0.0 if oldest is None else round(time.time() - oldest, 3),
+            "dropped_ledger": 0,  # by design: ledger events wait, they are never dropped
+            "dropped_telemetry": status.dropped_telemetry,
+            "outbox_used_bytes": status.used_bytes,
+            "outbox_budget_bytes": self.outbox.policy.disk_budget_bytes,
+            "outbox_pressure": list(Pressure).index(self.outbox.pressure),
+            "connected": int(uplink.connected),
+            "hub_online": int(uplink.hub_online),
+            "batches_sent": uplink.batches_sent,
+            "events_sent": uplink.events_sent,
+            "events_resent": uplink.events_resent,
+            "acks_received": uplink.acks_received,
+            "ack_timeouts": uplink.ack_timeouts,
+            "replays_answered": uplink.replays_answered,
+            "commands_received": router.received,
+            "commands_duplicate": router.duplicates,
+            "commands_expired": router.expired,
+            "commands_done": router.done,
+            "commands_failed": router.failed,
+            "commands_rejected": router.rejected,
+        }
 
 
 @contextlib.asynccontextmanager

@@ -7,13 +7,20 @@ own connections; WAL lets them read while the writer writes.
 
 With ``synchronous=NORMAL`` (the default) a commit survives the process being killed
 (SIGKILL) but the last commits before a power loss may be lost; ``FULL`` closes that
-window at about a third of the throughput (see docs and bench/).
+window at about a third of the throughput (see docs/guarantees.md and bench/).
+
+Acked events stay for ``retention_s`` (for replay and audit), then go. Unacked
+telemetry is bounded by ``telemetry_budget`` rows: the oldest beyond it are dropped and
+counted (their seqs become holes the uplink reports as dropped). Ledger events are
+never dropped: when the file reaches its disk budget, ledger appends wait for acks to
+make room, and telemetry appends are dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import enum
 import queue
 import sqlite3
 import threading
@@ -38,8 +45,22 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('acked_seq', 0), ('session', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES
+    ('last_seq', 0), ('acked_seq', 0), ('session', 0),
+    ('dropped_telemetry', 0), ('dropped_at_admission', 0);
+CREATE TABLE IF NOT EXISTS counters (  -- the running gateway's counters, for `edge status`
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,  -- 'running' until its report is stored, then 'reported'
+    at REAL NOT NULL
+);
 """
+
+ALARM_SHARE = 0.8  # of the disk budget: raise the alarm here, long before the end
+TRIM_CHUNK = 10_000
 
 MAX_GROUP = 1000  # events per commit at most
 
@@ -55,12 +76,31 @@ class Draft:
 
 
 @dataclass(frozen=True)
+class OutboxPolicy:
+    retention_s: float = 600.0
+    telemetry_budget: int = 200_000  # unacked telemetry rows at most
+    disk_budget_bytes: int = 1 << 30
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class Pressure(enum.StrEnum):
+    OK = "ok"
+    ALARM = "alarm"  # past ALARM_SHARE of the disk budget
+    FULL = "full"  # at the budget: ledger appends wait, telemetry is dropped
+
+
+@dataclass(frozen=True)
 class OutboxStatus:
     last_seq: int
     acked_seq: int
     depth: int
+    depth_ledger: int
+    depth_telemetry: int
+    retained: int  # acked, kept for replay
     oldest_unacked_at: float | None
     session: int
+    dropped_telemetry: int
+    used_bytes: int
 
 
 def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -72,12 +112,37 @@ def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
     return conn
 
 
+def used_bytes(conn: sqlite3.Connection) -> int:
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return int((pages - free) * size)
+
+
 def read_status(conn: sqlite3.Connection) -> OutboxStatus:
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    depth, oldest = conn.execute(
-        "SELECT count(*), min(created_at) FROM outbox WHERE seq > ?", (meta["acked_seq"],)
-    ).fetchone()
-    return OutboxStatus(meta["last_seq"], meta["acked_seq"], depth, oldest, meta["session"])
+    acked = meta["acked_seq"]
+    by_class = dict(
+        conn.execute(
+            "SELECT cls, count(*) FROM outbox WHERE seq > ? GROUP BY cls", (acked,)
+        ).fetchall()
+    )
+    (oldest,) = conn.execute(
+        "SELECT created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1", (acked,)
+    ).fetchone() or (None,)
+    (retained,) = conn.execute("SELECT count(*) FROM outbox WHERE seq <= ?", (acked,)).fetchone()
+    return OutboxStatus(
+        last_seq=meta["last_seq"],
+        acked_seq=acked,
+        depth=sum(by_class.values()),
+        depth_ledger=by_class.get(int(TrafficClass.LEDGER), 0),
+        depth_telemetry=by_class.get(int(TrafficClass.TELEMETRY), 0),
+        retained=retained,
+        oldest_unacked_at=oldest,
+        session=meta["session"],
+        dropped_telemetry=meta["dropped_telemetry"] + meta["dropped_at_admission"],
+        used_bytes=used_bytes(conn),
+    )
 
 
 class _Append:
@@ -92,12 +157,14 @@ class _Append:
 class Outbox:
     """Durable, sequenced store of one gateway's events. Use as a context manager."""
 
-    def __init__(
-        self, path: Path, gateway: str, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
-    ) -> None:
+    def __init__(self, path: Path, gateway: str, policy: OutboxPolicy | None = None) -> None:
         self.path = path
         self.gateway = gateway
-        self._synchronous = synchronous
+        self.policy = policy or OutboxPolicy()
+        self._synchronous = self.policy.synchronous
+        self.pressure = Pressure.OK
+        self._room = asyncio.Event()  # clear while the disk budget is used up
+        self._room.set()
         self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -136,7 +203,18 @@ class Outbox:
     # -------------------------------------------------------------------- writing
 
     async def append(self, drafts: Sequence[Draft]) -> int:
-        """Store events durably; returns the sequence number of the last one."""
+        """Store events durably; returns the sequence number of the last one.
+
+        At the disk budget, telemetry is dropped (counted) and ledger events wait for room.
+        """
+        if self.pressure is Pressure.FULL:
+            kept = [d for d in drafts if d.cls is not TrafficClass.TELEMETRY]
+            if len(kept) < len(drafts):
+                await asyncio.to_thread(self._count_admission_drops, len(drafts) - len(kept))
+            if not kept:
+                return self._last_seq
+            await self._room.wait()
+            drafts = kept
         request = _Append(drafts, asyncio.get_running_loop())
         self._queue.put(request)
         return await request.future
@@ -223,42 +301,148 @@ class Outbox:
         assert self._reader is not None, "outbox not open"
         return self._reader
 
-    def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """Stored events after ``seq``, in order (blocking: call via to_thread)."""
-        with self._reader_lock:
-            return (
-                self._read()
-                .execute(
-                    "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (seq, limit),
-                )
-                .fetchall()
-            )
-
     def acked_seq(self) -> int:
         with self._reader_lock:
             row = self._read().execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()
         return int(row[0])
 
+    def read_batch(self, after: int, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Stored events after ``after`` and the last seq the batch covers (blocking).
+
+        A seq in the covered range without a row was dropped on purpose (telemetry over
+        budget): everything up to ``last_seq`` was committed before this read.
+        """
+        with self._reader_lock:
+            conn = self._read()
+            conn.execute("BEGIN")
+            try:
+                (last,) = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+                rows = conn.execute(
+                    "SELECT seq, payload FROM outbox WHERE seq > ? AND seq <= ?"
+                    " ORDER BY seq LIMIT ?",
+                    (after, last, limit),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        covered = rows[-1][0] if len(rows) == limit else int(last)
+        return rows, covered
+
     def mark_acked(self, seq: int) -> int:
-        """Record the hub's cumulative ack and trim what it covers (blocking).
+        """Record the hub's cumulative ack (blocking); acked rows stay for the retention.
 
         Returns the watermark now stored (an older ack never moves it back).
         """
         with self._reader_lock:
             conn = self._read()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                current = conn.execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()[0]
-                new = min(max(current, seq), self._last_seq)
-                if new > current:
-                    conn.execute("UPDATE meta SET value = ? WHERE key='acked_seq'", (new,))
-                    conn.execute("DELETE FROM outbox WHERE seq <= ?", (new,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            conn.execute(
+                "UPDATE meta SET value = max(value, min(?, ?)) WHERE key='acked_seq'",
+                (seq, self._last_seq),
+            )
+            (new,) = conn.execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()
         return int(new)
+
+    def housekeeping(self, now: float | None = None) -> Pressure:
+        """Trim what the retention allows, enforce the telemetry and disk budgets (blocking).
+
+        Returns the disk pressure; the gateway calls this every second or so.
+        """
+        now = time.time() if now is None else now
+        policy = self.policy
+        with self._reader_lock:
+            conn = self._read()
+            acked = conn.execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()[0]
+            self._trim(conn, acked, now - policy.retention_s)
+            (unacked_telemetry,) = conn.execute(
+                "SELECT count(*) FROM outbox WHERE seq > ? AND cls = ?",
+                (acked, int(TrafficClass.TELEMETRY)),
+            ).fetchone()
+            excess = unacked_telemetry - policy.telemetry_budget
+            if excess > 0:
+                self._drop_oldest_telemetry(conn, acked, excess)
+            used = used_bytes(conn)
+            if used >= policy.disk_budget_bytes:
+                self._trim(conn, acked, now)  # room first from what the hub already has
+                used = used_bytes(conn)
+        if used >= policy.disk_budget_bytes:
+            pressure = Pressure.FULL
+        elif used >= ALARM_SHARE * policy.disk_budget_bytes:
+            pressure = Pressure.ALARM
+        else:
+            pressure = Pressure.OK
+        self.pressure = pressure
+        return pressure
+
+    def _trim(self, conn: sqlite3.Connection, acked: int, older_than: float) -> int:
+        trimmed = 0
+        while True:
+            cur = conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= ?"
+                " ORDER BY seq LIMIT ?) AND created_at < ?",
+                (acked, TRIM_CHUNK, older_than),
+            )
+            trimmed += cur.rowcount
+            if cur.rowcount < TRIM_CHUNK:
+                return trimmed
+
+    def _drop_oldest_telemetry(self, conn: sqlite3.Connection, acked: int, count: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq > ?"
+                " AND cls = ? ORDER BY seq LIMIT ?)",
+                (acked, int(TrafficClass.TELEMETRY), count),
+            )
+            conn.execute(
+                "UPDATE meta SET value = value + ? WHERE key = 'dropped_telemetry'",
+                (cur.rowcount,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _count_admission_drops(self, count: int) -> None:
+        with self._reader_lock:
+            self._read().execute(
+                "UPDATE meta SET value = value + ? WHERE key = 'dropped_at_admission'", (count,)
+            )
+
+    def set_pressure(self, pressure: Pressure) -> None:
+        """On the event loop: let ledger appends through again once there is room."""
+        if pressure is Pressure.FULL:
+            self._room.clear()
+        else:
+            self._room.set()
+
+    def save_counters(self, counters: dict[str, float]) -> None:
+        """Keep the gateway's counters where ``edge status`` can read them (blocking)."""
+        with self._reader_lock:
+            self._read().executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                list(counters.items()),
+            )
+
+    # ------------------------------------------------------------------- commands
+
+    def claim_command(self, key: str) -> bool:
+        """Record that a command runs; False if its key was seen before (blocking)."""
+        with self._reader_lock:
+            cur = self._read().execute(
+                "INSERT OR IGNORE INTO commands (key, state, at) VALUES (?, 'running', ?)",
+                (key, time.time()),
+            )
+            return cur.rowcount == 1
+
+    def command_reported(self, key: str) -> None:
+        with self._reader_lock:
+            self._read().execute("UPDATE commands SET state = 'reported' WHERE key = ?", (key,))
+
+    def interrupted_commands(self) -> list[str]:
+        """Keys of commands that were running when the gateway last stopped."""
+        with self._reader_lock:
+            rows = self._read().execute("SELECT key FROM commands WHERE state = 'running'")
+            return [row[0] for row in rows.fetchall()]
 
     def next_session(self) -> int:
         """A new session number for this gateway's birth, durable across restarts."""

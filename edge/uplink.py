@@ -1,16 +1,21 @@
-"""The uplink: drains the outbox to the broker and trims it only on the hub's ack.
+"""The uplink: drains the outbox to the broker; only the hub's ack moves the watermark.
 
-Sends batches of stored events (QoS 1) while the hub is present and fewer than
-``window_events`` are unacked; resends from the hub's ack watermark after a reconnect,
-when the hub comes back, or when acks stop coming (``ack_timeout_s``). The hub applies
-each (gateway, seq) at most once, so a resend never doubles anything.
+Sends batches of stored events (QoS 1) while the hub is present (its retained presence
+says so) and fewer than ``window_events`` are unacked: flow control by the hub's acks,
+not by the broker's PUBACK. Each batch covers a contiguous seq range, holes included
+(telemetry dropped over budget). Resends from the watermark after a reconnect, when the
+hub comes back, or when acks stop coming (``ack_timeout_s``); answers the hub's replay
+requests from the outbox. The hub applies each (gateway, seq) at most once, so a resend
+never doubles anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -18,12 +23,21 @@ import msgspec
 import structlog
 
 from warelink.edge.config import GatewayConfig
-from warelink.edge.drivers.base import Backoff
 from warelink.edge.outbox import Outbox
 from warelink.edge.settings import EdgeSettings
 from warelink.protocol import wire
+from warelink.protocol.backoff import Backoff
 from warelink.protocol.errors import DecodeError
-from warelink.protocol.messages import Ack, Birth, Death, EventBatch, HubPresence
+from warelink.protocol.messages import (
+    Ack,
+    Birth,
+    Command,
+    Death,
+    EventBatch,
+    GatewayStats,
+    HubPresence,
+    ReplayRequest,
+)
 from warelink.protocol.topics import Kind, Topics
 
 log = structlog.get_logger(__name__)
@@ -37,6 +51,8 @@ class UplinkStats:
     events_sent: int = 0
     events_resent: int = 0
     acks_received: int = 0
+    replays_answered: int = 0
+    ack_timeouts: int = 0
 
 
 class Uplink:
@@ -47,15 +63,19 @@ class Uplink:
         outbox: Outbox,
         *,
         devices: list[str] | None = None,
+        on_command: Callable[[Command], None] | None = None,
+        counters: Callable[[], Awaitable[dict[str, float]]] | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
         self.outbox = outbox
         self.devices = devices or []
+        self.on_command = on_command
+        self.counters = counters
         self.topics = Topics(settings.mqtt_prefix)
         self.stats = UplinkStats()
         self.log = log.bind(gateway=config.id, site=config.site)
-        self._acked = 0
+        self.acked = 0
         self._cursor = 0  # last seq handed to the broker in this session
         self._highest_sent = 0  # for counting resends
         self._last_progress = time.monotonic()
@@ -66,8 +86,8 @@ class Uplink:
 
     async def run(self) -> None:
         """Stay connected until cancelled, reconnecting with backoff."""
-        self._acked = await asyncio.to_thread(self.outbox.acked_seq)
-        self._highest_sent = self._acked
+        self.acked = await asyncio.to_thread(self.outbox.acked_seq)
+        self._cursor = self._highest_sent = self.acked
         backoff = Backoff(initial=0.2, cap=5.0)
         while True:
             try:
@@ -95,8 +115,9 @@ class Uplink:
         async with client:
             self.stats.connected = True
             backoff.reset()
-            self.log.info("uplink.connected", session=session, acked_seq=self._acked)
-            await client.subscribe(self._topic(Kind.ACK), qos=1)
+            self.log.info("uplink.connected", session=session, acked_seq=self.acked)
+            for kind in (Kind.ACK, Kind.REPLAY, Kind.COMMAND):
+                await client.subscribe(self._topic(kind), qos=1)
             await client.subscribe(self.topics.hub_presence(), qos=1)
             birth = Birth(
                 gateway=self.config.id,
@@ -106,7 +127,7 @@ class Uplink:
                 devices=self.devices,
             )
             await client.publish(self._topic(Kind.BIRTH), wire.encode(birth), qos=1)
-            self._rewind()
+            self._rewind(self.acked)
             try:
                 await self._serve(client, session)
             except asyncio.CancelledError:
@@ -121,12 +142,14 @@ class Uplink:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._receive(client), name="uplink-receive")
                 tasks.create_task(self._send(client, session), name="uplink-send")
+                if self.counters is not None:
+                    tasks.create_task(self._report(client, session), name="uplink-stats")
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None
 
-    def _rewind(self) -> None:
-        """Resend everything after the hub's watermark."""
-        self._cursor = self._acked
+    def _rewind(self, to: int) -> None:
+        """Send again everything after ``to``."""
+        self._cursor = min(self._cursor, to)
         self._last_progress = time.monotonic()
         self._wake.set()
 
@@ -142,21 +165,28 @@ class Uplink:
                 continue
             if isinstance(decoded, Ack) and decoded.gateway == self.config.id:
                 await self._on_ack(decoded.seq)
+            elif isinstance(decoded, ReplayRequest) and decoded.gateway == self.config.id:
+                self.stats.replays_answered += 1
+                self.log.info("uplink.replay", missing=f"{decoded.from_seq}-{decoded.to_seq}")
+                self._rewind(decoded.from_seq - 1)
+            elif isinstance(decoded, Command):
+                if self.on_command is not None:
+                    self.on_command(decoded)
             elif isinstance(decoded, HubPresence):
                 was = self.stats.hub_online
                 self.stats.hub_online = decoded.online
                 if decoded.online and not was:
                     self.log.info("uplink.hub_online", instance=decoded.instance)
-                    self._rewind()
+                    self._rewind(self.acked)
                 elif was and not decoded.online:
                     self.log.warning("uplink.hub_offline")
 
     async def _on_ack(self, seq: int) -> None:
         self.stats.acks_received += 1
-        if seq <= self._acked:
+        if seq <= self.acked:
             return
-        self._acked = await asyncio.to_thread(self.outbox.mark_acked, seq)
-        self._cursor = max(self._cursor, self._acked)
+        self.acked = await asyncio.to_thread(self.outbox.mark_acked, seq)
+        self._cursor = max(self._cursor, self.acked)
         self._last_progress = time.monotonic()
         self._wake.set()
 
@@ -168,46 +198,68 @@ class Uplink:
             ready = (
                 self.stats.hub_online
                 and self._cursor < self.outbox.last_seq
-                and self._cursor - self._acked < self.config.window_events
+                and self._cursor - self.acked < self.config.window_events
             )
             if not ready:
                 self._check_ack_timeout()
-                self._wake.clear()
-                self.outbox.appended.clear()
-                wake = asyncio.ensure_future(self._wake.wait())
-                appended = asyncio.ensure_future(self.outbox.appended.wait())
-                try:
-                    await asyncio.wait(
-                        [wake, appended],
-                        timeout=self.config.ack_timeout_s / 2,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    wake.cancel()
-                    appended.cancel()
+                await self._idle()
                 continue
             if self.outbox.last_seq - self._cursor < max_events and max_wait > 0:
                 await asyncio.sleep(max_wait)  # let a fuller batch gather
-            rows = await asyncio.to_thread(self.outbox.read_after, self._cursor, max_events)
-            if not rows:
+            first = self._cursor + 1
+            rows, covered = await asyncio.to_thread(
+                self.outbox.read_batch, self._cursor, max_events
+            )
+            if covered < first:
                 continue
             batch = EventBatch(
                 gateway=self.config.id,
                 session=session,
+                first_seq=first,
+                last_seq=covered,
+                sent_at=dt.datetime.now(dt.UTC),
                 events=[msgspec.Raw(payload) for _, payload in rows],
             )
             await client.publish(events_topic, wire.encode(batch), qos=1)
-            first, last = rows[0][0], rows[-1][0]
-            resent = max(0, min(last, self._highest_sent) - first + 1)
-            self.stats.events_resent += resent
-            self._highest_sent = max(self._highest_sent, last)
+            self.stats.events_resent += sum(1 for seq, _ in rows if seq <= self._highest_sent)
+            self._highest_sent = max(self._highest_sent, covered)
             self.stats.batches_sent += 1
             self.stats.events_sent += len(rows)
-            self._cursor = last
+            self._cursor = covered
+
+    async def _idle(self) -> None:
+        """Wait for an ack, new events or a rewind, at most half the ack timeout."""
+        self._wake.clear()
+        self.outbox.appended.clear()
+        waits = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self.outbox.appended.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waits, timeout=self.config.ack_timeout_s / 2, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _check_ack_timeout(self) -> None:
-        if self._cursor > self._acked and (
+        if self._cursor > self.acked and (
             time.monotonic() - self._last_progress > self.config.ack_timeout_s
         ):
-            self.log.warning("uplink.ack_timeout", acked_seq=self._acked, sent_seq=self._cursor)
-            self._rewind()
+            self.stats.ack_timeouts += 1
+            self.log.warning("uplink.ack_timeout", acked_seq=self.acked, sent_seq=self._cursor)
+            self._rewind(self.acked)
+
+    async def _report(self, client: aiomqtt.Client, session: int) -> None:
+        assert self.counters is not None
+        while True:
+            counters = await self.counters()
+            stats = GatewayStats(
+                gateway=self.config.id,
+                session=session,
+                sent_at=dt.datetime.now(dt.UTC),
+                counters=counters,
+            )
+            await client.publish(self._topic(Kind.STATS), wire.encode(stats), qos=0)
+            await asyncio.sleep(self.config.stats_interval_s)

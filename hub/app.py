@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
-from warelink.hub import queries
+from warelink.hub import commands, queries
 from warelink.hub.ingest import Ingest
 from warelink.hub.live import LiveHub, balance
 from warelink.hub.migrate import unapplied
@@ -61,6 +61,14 @@ class GatewayInfo(BaseModel):
     birth_last_seq: int
     events_received: int
     duplicates_dropped: int
+    gaps_detected: int
+    gaps_filled: int
+    replays_requested: int
+    pending_ranges: list[list[int]]
+    clock_skew_ms: float | None
+    clock_skew_flagged: bool
+    edge_counters: dict[str, float]
+    edge_counters_at: dt.datetime | None
     first_seen_at: dt.datetime
     last_seen_at: dt.datetime
 
@@ -111,11 +119,48 @@ class IngestCollector:
             ("warelink_hub_duplicates_dropped", stats.duplicates_dropped, "duplicates dropped"),
             ("warelink_hub_malformed_dropped", stats.malformed_dropped, "malformed dropped"),
             ("warelink_hub_flushes", stats.flushes, "ingest transactions committed"),
+            ("warelink_hub_gaps_detected", stats.gaps_detected, "sequence gaps detected"),
+            ("warelink_hub_gaps_filled", stats.gaps_filled, "sequence gaps filled"),
+            ("warelink_hub_replays_requested", stats.replays_requested, "replay requests"),
         ):
             yield CounterMetricFamily(name, text, value=value)
         yield GaugeMetricFamily(
             "warelink_hub_mqtt_connected", "1 if connected", value=int(self.ingest.mqtt_connected)
         )
+
+
+class GatewaysCollector:
+    """Per-gateway figures from the database, labelled by gateway and site."""
+
+    NUMBERS = (
+        "acked_seq", "last_seq_received", "events_received", "duplicates_dropped",
+        "gaps_detected", "gaps_filled", "replays_requested", "clock_skew_ms",
+    )  # fmt: skip
+
+    def __init__(self, gateways: list[dict[str, Any]]) -> None:
+        self.gateways = gateways
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["gateway", "site"]
+        families = {
+            name: GaugeMetricFamily(f"warelink_gateway_{name}", name.replace("_", " "),
+                                    labels=labels)
+            for name in (*self.NUMBERS, "online", "pending_ranges")
+        }  # fmt: skip
+        edge = GaugeMetricFamily(
+            "warelink_gateway_edge", "the gateway's own counters", labels=[*labels, "counter"]
+        )
+        for row in self.gateways:
+            key = [row["id"], row["site"]]
+            for name in self.NUMBERS:
+                if row[name] is not None:
+                    families[name].add_metric(key, float(row[name]))
+            families["online"].add_metric(key, float(row["online"]))
+            families["pending_ranges"].add_metric(key, float(len(row["pending_ranges"])))
+            for counter, value in row["edge_counters"].items():
+                edge.add_metric([*key, counter], float(value))
+        yield from families.values()
+        yield edge
 
 
 # ------------------------------------------------------------------ app
@@ -181,9 +226,14 @@ def create_app(settings: HubSettings) -> FastAPI:
         )
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus text exposition."""
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    async def metrics(hub: HubDep) -> Response:
+        """Prometheus text: the ingest worker's counters, and each gateway's, by label."""
+        async with hub.pool.connection() as conn:
+            gateways = await queries.list_gateways(conn=conn)
+        scrape = CollectorRegistry()
+        scrape.register(GatewaysCollector(gateways))
+        body = generate_latest(registry) + generate_latest(scrape)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/api/v1/sites", response_model=list[Site], tags=["sites"])
     async def sites(hub: HubDep) -> Response:
@@ -215,6 +265,52 @@ def create_app(settings: HubSettings) -> FastAPI:
         """Each gateway's session, sequence watermarks and counters."""
         async with hub.pool.connection() as conn:
             return json_response(await queries.list_gateways(conn=conn))
+
+    @app.post(
+        "/api/v1/sites/{site}/devices/{device}/commands",
+        response_model=commands.CommandInfo,
+        status_code=202,
+        tags=["commands"],
+        responses={404: {"description": "no such device"}, 409: {"description": "key taken"}},
+    )
+    async def post_command(
+        site: str, device: str, request: commands.CommandRequest, hub: HubDep
+    ) -> Response:
+        """Send a command to a device through its gateway; the outcome comes back later.
+
+        Idempotent by ``key``: the same key again returns the stored command.
+        """
+        async with hub.pool.connection() as conn:
+            gateway = await commands.device_gateway(site, device, conn=conn)
+            if gateway is None:
+                raise HTTPException(404, f"no device {device!r} at site {site!r}")
+            try:
+                row = await commands.create(site, gateway, device, request, conn=conn)
+            except commands.CommandConflict as exc:
+                raise HTTPException(409, str(exc)) from None
+            if row["outcome"] is None and await hub.ingest.send_command(
+                site, gateway, commands.as_message(row)
+            ):
+                await conn.execute(
+                    "UPDATE commands SET sent_count = sent_count + 1 WHERE key = %s",
+                    (row["key"],),
+                )
+                row["sent_count"] += 1
+        return json_response(row, status_code=202)
+
+    @app.get(
+        "/api/v1/commands/{key}",
+        response_model=commands.CommandInfo,
+        tags=["commands"],
+        responses={404: {"description": "no such command"}},
+    )
+    async def get_command(key: str, hub: HubDep) -> Response:
+        """A command and, once the edge reported it, its outcome."""
+        async with hub.pool.connection() as conn:
+            row = await commands.get(key, conn=conn)
+        if row is None:
+            raise HTTPException(404, f"no command {key!r}")
+        return json_response(row)
 
     @app.websocket("/api/v1/live")
     async def live(websocket: WebSocket, site: str) -> None:

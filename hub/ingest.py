@@ -1,20 +1,18 @@
-"""Hub ingest: event batches from the broker into PostgreSQL, exactly once, then acks.
+"""Hub ingest worker: event batches from the broker into PostgreSQL, then acks.
 
-One flush = one transaction: the events (deduplicated on (gateway, seq)), the ledger
-effect of the new ones, and each gateway's ack watermark. Only after the commit does the
-hub publish the cumulative ack (DESIGN.md, decision 2); a crash before it means the
-edge resends and the duplicates are dropped.
+Messages come from an MQTT 5 shared subscription (several hubs can share the load) and
+are gathered into flushes; each flush commits in one transaction (``hub.commit``). Only
+after the commit does the hub publish each gateway's cumulative ack (DESIGN.md,
+decision 2); a crash before it means the edge resends and the duplicates are dropped.
+A gap in a gateway's stream is answered with a replay request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import datetime as dt
-import operator
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiomqtt
 import msgspec
@@ -23,12 +21,21 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_dumps
 
-from warelink.hub import store
+from warelink.hub import commands, store
+from warelink.hub.commit import FlushResult, IncomingBatch, Malformed, commit_events, decode_events
 from warelink.hub.settings import HubSettings
 from warelink.protocol import wire
 from warelink.protocol.backoff import Backoff
 from warelink.protocol.errors import DecodeError
-from warelink.protocol.messages import Ack, Birth, Death, Event, HubPresence, Receipt
+from warelink.protocol.messages import (
+    Ack,
+    Birth,
+    Command,
+    Death,
+    GatewayStats,
+    HubPresence,
+    ReplayRequest,
+)
 from warelink.protocol.topics import Kind, Topics
 
 log = structlog.get_logger(__name__)
@@ -41,146 +48,23 @@ class IngestStats:
     duplicates_dropped: int = 0
     malformed_dropped: int = 0
     flushes: int = 0
-
-
-@dataclass
-class FlushResult:
-    """What one committed flush changed, for acks and live deltas."""
-
-    acks: dict[str, tuple[str, int]] = field(default_factory=dict)  # gateway → (site, seq)
-    events: list[tuple[str, list[Event]]] = field(default_factory=list)  # new, per gateway
-    balances: list[store.BalanceChange] = field(default_factory=list)
-    committed: int = 0
-    duplicates: int = 0
-    rejected: int = 0  # events under a site their gateway does not belong to
-
-
-class Malformed(Exception):
-    pass
+    gaps_detected: int = 0
+    gaps_filled: int = 0
+    replays_requested: int = 0
 
 
 @dataclass(frozen=True)
 class SessionIncoming:
-    """A birth or death, handled in its place between event flushes."""
+    """A birth, death or stats message, handled in its place between event flushes."""
 
     site: str
     gateway: str
     payload: bytes
 
 
-Incoming = tuple[str, list[Event]] | SessionIncoming  # (site, events) of an events message
+Incoming = IncomingBatch | SessionIncoming
 
-
-def decode_events(topic: str, payload: bytes, topics: Topics) -> tuple[str, list[Event]]:
-    """(site, events) of one events message, or Malformed saying why not."""
-    try:
-        where = topics.parse(topic)
-        batch = wire.decode_batch(payload)
-    except DecodeError as exc:
-        raise Malformed(str(exc)) from None
-    if batch.gateway != where.gateway:
-        raise Malformed(f"batch of gateway {batch.gateway!r} on the topic of {where.gateway!r}")
-    for event in batch.events:
-        if event.gateway != where.gateway:
-            raise Malformed(f"event of gateway {event.gateway!r} in a batch of {where.gateway!r}")
-        if event.seq < 1:
-            raise Malformed(f"event seq {event.seq} is not positive")
-    return where.site, batch.events
-
-
-def _in_order(events: list[Event]) -> list[Event]:
-    """The events by seq, each seq once (the first copy wins)."""
-    seqs = [e.seq for e in events]
-    if all(map(operator.lt, seqs, seqs[1:])):
-        return events  # the usual case: one or more batches in send order
-    unique: dict[int, Event] = {}
-    for event in events:
-        unique.setdefault(event.seq, event)
-    return [unique[seq] for seq in sorted(unique)]
-
-
-async def commit_events(
-    batches: Sequence[tuple[str, list[Event]]], *, conn: AsyncConnection
-) -> FlushResult:
-    """Store the batches' events exactly once with their ledger effects; one transaction.
-
-    Works per gateway on whole lists: the common case (a gateway's new events in order,
-    past everything stored) costs a few list operations and one COPY, no per-event dict.
-    """
-    result = FlushResult()
-    offered: dict[str, list[Event]] = {}
-    sites: dict[str, str] = {}
-    for site, events in batches:
-        if events:
-            gateway = events[0].gateway
-            offered.setdefault(gateway, []).extend(events)
-            sites.setdefault(gateway, site)
-    if not offered:
-        return result
-    now = dt.datetime.now(dt.UTC)
-    async with conn.transaction():
-        await store.ensure_gateways(((s, g) for g, s in sites.items()), conn=conn)
-        marks = await store.lock_gateways(list(sites), conn=conn)
-        fresh_rows: list[store.Row] = []
-        maybe_rows: list[store.Row] = []
-        new: dict[str, list[Event]] = {}
-        maybe: dict[str, list[Event]] = {}
-        for gateway, mark in marks.items():
-            site = sites[gateway]
-            if mark.site != site:  # a gateway id reused under another site
-                result.rejected += len(offered.pop(gateway))
-                continue
-            events = _in_order(offered[gateway])
-            seqs = [e.seq for e in events]
-            # seq <= acked: stored; (acked, max_seq]: maybe stored; > max_seq: new.
-            low = bisect.bisect_right(seqs, mark.acked_seq)
-            high = bisect.bisect_right(seqs, mark.max_seq, lo=low)
-            new[gateway] = events[high:]
-            fresh_rows += store.event_rows(site, events[high:], now)
-            if high > low:
-                maybe[gateway] = events[low:high]
-                maybe_rows += store.event_rows(site, events[low:high], now)
-        if fresh_rows:
-            await store.copy_events(fresh_rows, conn=conn)
-        if maybe_rows:
-            inserted = await store.insert_events_dedup(maybe_rows, conn=conn)
-            for gateway, events in maybe.items():
-                stored = [e for e in events if (gateway, e.seq) in inserted]
-                new[gateway] = stored + new[gateway]
-        for gateway, events in new.items():
-            mark = marks[gateway]
-            stored_past_gap = mark.max_seq > mark.acked_seq
-            if events:
-                mark.max_seq = max(mark.max_seq, events[-1].seq)
-                if not stored_past_gap:
-                    mark.acked_seq = contiguous_end(mark.acked_seq, events)
-                elif events[0].seq == mark.acked_seq + 1:  # this flush fills the gap
-                    mark.acked_seq = await store.contiguous_end(gateway, mark.acked_seq, conn=conn)
-            duplicates = len(offered[gateway]) - len(events)
-            result.duplicates += duplicates
-            result.committed += len(events)
-            await store.update_gateway(mark, received=len(events), duplicates=duplicates, conn=conn)
-            result.acks[gateway] = (mark.site, mark.acked_seq)
-            result.events.append((mark.site, events))
-        receipts = [
-            (site, event, event.body)
-            for site, events in result.events
-            for event in events
-            if type(event.body) is Receipt
-        ]
-        result.balances = await store.post_receipts(receipts, conn=conn)
-    return result
-
-
-def contiguous_end(acked: int, events: list[Event]) -> int:
-    """The new watermark: the last of ``events`` (in seq order) with no gap after ``acked``."""
-    if events[0].seq == acked + 1 and events[-1].seq - acked == len(events):
-        return events[-1].seq  # no gap at all: the usual case, in O(1)
-    for event in events:
-        if event.seq != acked + 1:
-            break
-        acked = event.seq
-    return acked
+REPLAY_AGAIN_S = 2.0  # ask for a missing range again if it is still missing after this
 
 
 class Ingest:
@@ -199,6 +83,8 @@ class Ingest:
         self.on_commit = on_commit
         self.mqtt_connected = False
         self._malformed_logged = False
+        self._replays: dict[str, tuple[tuple[int, int], float]] = {}  # gateway → (gap, when)
+        self._client: aiomqtt.Client | None = None
 
     async def run(self) -> None:
         """Stay connected to the broker and the database until cancelled."""
@@ -230,9 +116,10 @@ class Ingest:
         )
         async with conn, client:
             self.mqtt_connected = True
+            self._client = client
             backoff.reset()
             share = self.settings.share_group
-            for kind in (Kind.EVENTS, Kind.BIRTH, Kind.DEATH):
+            for kind in (Kind.EVENTS, Kind.BIRTH, Kind.DEATH, Kind.STATS):
                 await client.subscribe(
                     self.topics.shared(share, self.topics.all_gateways(kind)), qos=1
                 )
@@ -244,6 +131,8 @@ class Ingest:
             except asyncio.CancelledError:
                 await asyncio.shield(client.publish(presence, gone, qos=1, retain=True))
                 raise
+            finally:
+                self._client = None
 
     async def _consume(self, client: aiomqtt.Client, conn: AsyncConnection) -> None:
         queue: asyncio.Queue[Incoming] = asyncio.Queue()
@@ -287,7 +176,7 @@ class Ingest:
         max_wait = self.settings.ingest_max_wait_ms / 1000
         loop = asyncio.get_running_loop()
         while True:
-            pending: list[tuple[str, list[Event]]] = []
+            pending: list[IncomingBatch] = []
             size = 0
             item: Incoming | None = await queue.get()
             deadline = loop.time() + max_wait
@@ -298,7 +187,7 @@ class Ingest:
                     await self._session_message(item, client, conn)
                 else:
                     pending.append(item)
-                    size += len(item[1])
+                    size += len(item.events)
                 if size >= max_events:
                     break
                 item = await self._next(queue, deadline - loop.time())
@@ -319,23 +208,42 @@ class Ingest:
 
     async def _commit(
         self,
-        batches: list[tuple[str, list[Event]]],
+        batches: list[IncomingBatch],
         client: aiomqtt.Client,
         conn: AsyncConnection,
     ) -> None:
         if not batches:
             return
         result = await commit_events(batches, conn=conn)
-        self.stats.flushes += 1
-        self.stats.events_committed += result.committed
-        self.stats.duplicates_dropped += result.duplicates
+        stats = self.stats
+        stats.flushes += 1
+        stats.events_committed += result.committed
+        stats.duplicates_dropped += result.duplicates
+        stats.gaps_detected += result.gaps_detected
+        stats.gaps_filled += result.gaps_filled
         if result.rejected:
             self._malformed("events", f"{result.rejected} events under the wrong site")
-        async with asyncio.TaskGroup() as acks:
+        now = asyncio.get_running_loop().time()
+        async with asyncio.TaskGroup() as sends:
             for gateway, (site, seq) in result.acks.items():
                 ack = wire.encode(Ack(gateway=gateway, seq=seq))
                 topic = self.topics.gateway(site, gateway, Kind.ACK)
-                acks.create_task(client.publish(topic, ack, qos=1))
+                sends.create_task(client.publish(topic, ack, qos=1))
+            for gateway, (site, first, last) in result.gaps.items():
+                asked = self._replays.get(gateway)
+                if (
+                    asked is not None
+                    and asked[0] == (first, last)
+                    and now - asked[1] < REPLAY_AGAIN_S
+                ):
+                    continue
+                self._replays[gateway] = ((first, last), now)
+                stats.replays_requested += 1
+                await store.count_replay_request(gateway, conn=conn)
+                log.info("ingest.gap", gateway=gateway, site=site, missing=f"{first}-{last}")
+                request = wire.encode(ReplayRequest(gateway=gateway, from_seq=first, to_seq=last))
+                topic = self.topics.gateway(site, gateway, Kind.REPLAY)
+                sends.create_task(client.publish(topic, request, qos=1))
         if self.on_commit is not None:
             self.on_commit(result)
 
@@ -350,17 +258,34 @@ class Ingest:
             return
         if isinstance(message, Birth) and message.gateway == gateway:
             acked = await store.record_birth(
-                site, gateway, message.session, message.last_seq, conn=conn
+                site, gateway, message.session, message.last_seq, message.devices, conn=conn
             )
             log.info("gateway.birth", gateway=gateway, site=site, session=message.session,
                      last_seq=message.last_seq, acked_seq=acked)  # fmt: skip
             ack = wire.encode(Ack(gateway=gateway, seq=acked))
             await client.publish(self.topics.gateway(site, gateway, Kind.ACK), ack, qos=1)
+            for command in await commands.open_for(gateway, conn=conn):
+                await self.send_command(site, gateway, command)
         elif isinstance(message, Death) and message.gateway == gateway:
             if await store.record_death(gateway, message.session, conn=conn):
                 log.info("gateway.death", gateway=gateway, site=site, session=message.session)
+        elif isinstance(message, GatewayStats) and message.gateway == gateway:
+            await store.record_edge_counters(gateway, message.counters, conn=conn)
         else:
             self._malformed(f"{site}/{gateway}", f"unexpected {type(message).__name__}")
+
+    async def send_command(self, site: str, gateway: str, command: Command) -> bool:
+        """Publish a command to its gateway; False if the broker is not reachable now
+        (the command stays stored and goes out at the gateway's next birth)."""
+        client = self._client
+        if client is None:
+            return False
+        topic = self.topics.gateway(site, gateway, Kind.COMMAND)
+        try:
+            await client.publish(topic, wire.encode(command), qos=1)
+        except aiomqtt.MqttError:
+            return False
+        return True
 
     def _malformed(self, where: str, why: str) -> None:
         self.stats.malformed_dropped += 1

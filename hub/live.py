@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from warelink.hub.ingest import FlushResult
+from warelink.hub.commit import FlushResult
 from warelink.hub.store import BalanceChange
 from warelink.protocol.messages import Event
 

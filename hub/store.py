@@ -8,20 +8,19 @@ effect and the ack watermark that covers it are never apart.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
-from warelink.protocol.messages import BODY_TYPES, Event, Receipt
+from warelink.protocol.messages import BODY_TYPES, CommandReport, Event
 
 EVENT_COLUMNS = "gateway, seq, event_id, site, device, type, cls, occurred_at, received_at, body"
 EVENT_TYPES = [
     "text", "int8", "uuid", "text", "text", "text", "int2", "timestamptz", "timestamptz", "jsonb",
 ]  # fmt: skip
-SUPPLIER = "SUPPLIER"
 
 Row = tuple[object, ...]
 
@@ -32,6 +31,7 @@ class GatewayMark:
     site: str
     acked_seq: int
     max_seq: int
+    early_ranges: list[list[int]]
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ async def ensure_gateways(pairs: Iterable[tuple[str, str]], *, conn: AsyncConnec
 async def lock_gateways(ids: Sequence[str], *, conn: AsyncConnection) -> dict[str, GatewayMark]:
     """Lock the gateways' rows in a fixed order (so concurrent hubs never deadlock)."""
     cur = await conn.execute(
-        "SELECT id, site, acked_seq, max_seq FROM gateways WHERE id = ANY(%s)"
+        "SELECT id, site, acked_seq, max_seq, early_ranges FROM gateways WHERE id = ANY(%s)"
         " ORDER BY id FOR UPDATE",
         (sorted(ids),),
     )
@@ -111,39 +111,43 @@ async def insert_events_dedup(
         return {(g, s) for g, s in await cur.fetchall()}
 
 
-async def contiguous_end(gateway: str, acked: int, *, conn: AsyncConnection) -> int:
-    """The highest stored seq reachable from ``acked`` without a gap (walks in chunks)."""
-    while True:
-        cur = await conn.execute(
-            "SELECT max(seq) FROM (SELECT seq, seq - row_number() OVER (ORDER BY seq) AS run"
-            " FROM (SELECT seq FROM events WHERE gateway = %s AND seq > %s"
-            " ORDER BY seq LIMIT 10000) chunk) numbered WHERE run = %s",
-            (gateway, acked, acked),
-        )
-        row = await cur.fetchone()
-        end = row[0] if row and row[0] is not None else acked
-        if end - acked < 10000:
-            return int(end)
-        acked = end
-
-
 async def update_gateway(
-    mark: GatewayMark, *, received: int, duplicates: int, conn: AsyncConnection
+    mark: GatewayMark,
+    *,
+    received: int,
+    duplicates: int,
+    gaps_detected: int,
+    gaps_filled: int,
+    skew_ms: float,
+    conn: AsyncConnection,
 ) -> None:
     await conn.execute(
-        "UPDATE gateways SET acked_seq = %s, max_seq = %s,"
+        "UPDATE gateways SET acked_seq = %s, max_seq = %s, early_ranges = %s,"
         " events_received = events_received + %s,"
-        " duplicates_dropped = duplicates_dropped + %s, last_seen_at = now()"
-        " WHERE id = %s",
-        (mark.acked_seq, mark.max_seq, received, duplicates, mark.id),
-    )
+        " duplicates_dropped = duplicates_dropped + %s,"
+        " gaps_detected = gaps_detected + %s, gaps_filled = gaps_filled + %s,"
+        " clock_skew_ms = %s, last_seen_at = now() WHERE id = %s",
+        (mark.acked_seq, mark.max_seq, Jsonb(mark.early_ranges), received, duplicates,
+         gaps_detected, gaps_filled, skew_ms, mark.id),
+    )  # fmt: skip
 
 
 async def record_birth(
-    site: str, gateway: str, session: int, last_seq: int, *, conn: AsyncConnection
+    site: str,
+    gateway: str,
+    session: int,
+    last_seq: int,
+    devices: Sequence[str],
+    *,
+    conn: AsyncConnection,
 ) -> int:
     """Mark the gateway online in its new session; returns its ack watermark."""
     await ensure_gateways([(site, gateway)], conn=conn)
+    await conn.execute(
+        "INSERT INTO devices (site, gateway, id) SELECT %s, %s, unnest(%b::text[])"
+        " ON CONFLICT (site, id) DO UPDATE SET gateway = excluded.gateway",
+        (site, gateway, list(devices)),
+    )
     cur = await conn.execute(
         "UPDATE gateways SET session = %s, online = true, birth_last_seq = %s,"
         " last_seen_at = now() WHERE id = %s AND session <= %s RETURNING acked_seq",
@@ -165,60 +169,29 @@ async def record_death(gateway: str, session: int, *, conn: AsyncConnection) -> 
     return cur.rowcount > 0
 
 
-async def post_receipts(
-    receipts: Sequence[tuple[str, Event, Receipt]], *, conn: AsyncConnection
-) -> list[BalanceChange]:
-    """Double-entry movements supplier → location and the balances, set-based.
-
-    Balance rows are upserted in key order, so concurrent writers lock them in the same
-    order. Returns each touched balance with its new quantity.
-    """
-    if not receipts:
-        return []
-    locations = sorted(
-        {(site, SUPPLIER, "supplier") for site, _, _ in receipts}
-        | {(site, r.location, "internal") for site, _, r in receipts}
+async def record_edge_counters(
+    gateway: str, counters: dict[str, float], *, conn: AsyncConnection
+) -> None:
+    await conn.execute(
+        "UPDATE gateways SET edge_counters = %s, edge_counters_at = now() WHERE id = %s",
+        (Jsonb(counters), gateway),
     )
-    deltas: dict[tuple[str, str, str, str], Decimal] = defaultdict(Decimal)
-    movements: list[list[object]] = [[] for _ in range(9)]
-    for site, event, receipt in receipts:
-        lot = receipt.lot or ""
-        for column, value in zip(
-            movements,
-            (site, receipt.gtin, lot, SUPPLIER, receipt.location, receipt.quantity,
-             event.occurred_at, event.gateway, event.seq),
-            strict=True,
-        ):  # fmt: skip
-            column.append(value)
-        deltas[(site, SUPPLIER, receipt.gtin, lot)] -= receipt.quantity
-        deltas[(site, receipt.location, receipt.gtin, lot)] += receipt.quantity
-    keys = sorted(deltas)
-    async with conn.cursor() as cur:
-        await cur.execute(
-            "INSERT INTO locations (site, code, kind)"
-            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING",
-            tuple(list(col) for col in zip(*locations, strict=True)),
-        )
-        await cur.execute(
-            "INSERT INTO movements (site, sku, lot, from_location, to_location, quantity,"
-            " occurred_at, source_gateway, source_seq)"
-            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
-            " %b::numeric[], %b::timestamptz[], %b::text[], %b::int8[])",
-            tuple(movements),
-        )
-        await cur.execute(
-            "INSERT INTO balances (site, location, sku, lot, quantity)"
-            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::numeric[])"
-            " ORDER BY 1, 2, 3, 4"
-            " ON CONFLICT (site, location, sku, lot) DO UPDATE"
-            " SET quantity = balances.quantity + excluded.quantity, updated_at = now()"
-            " RETURNING site, location, sku, lot, quantity",
-            (
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-                [k[3] for k in keys],
-                [deltas[k] for k in keys],
-            ),
-        )
-        return [BalanceChange(*row) for row in await cur.fetchall()]
+
+
+async def count_replay_request(gateway: str, *, conn: AsyncConnection) -> None:
+    await conn.execute(
+        "UPDATE gateways SET replays_requested = replays_requested + 1 WHERE id = %s", (gateway,)
+    )
+
+
+async def record_command_reports(
+    reports: Sequence[tuple[str, CommandReport]], *, conn: AsyncConnection
+) -> None:
+    """Outcomes of hub commands, as the edge reported them (first report wins)."""
+    if reports:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "UPDATE commands SET outcome = %s, detail = %s, finished_at = now()"
+                " WHERE key = %s AND gateway = %s AND outcome IS NULL",
+                [(r.outcome.value, r.detail, r.key, gateway) for gateway, r in reports],
+            )

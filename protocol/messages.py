@@ -130,6 +130,22 @@ class Telemetry(msgspec.Struct, frozen=True, tag="telemetry"):
     unit: dict[str, str] = {}
 
 
+class CommandOutcome(enum.StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+
+class CommandReport(msgspec.Struct, frozen=True, tag="command_report"):
+    """How a hub command ended at the edge; travels as a ledger-class event, exactly once."""
+
+    key: str
+    action: str
+    outcome: CommandOutcome
+    detail: str = ""
+
+
 class DeviceState(enum.StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
@@ -153,6 +169,7 @@ EventBody = (
     | AgvState
     | PrinterState
     | Telemetry
+    | CommandReport
     | DeviceStatus
 )
 
@@ -197,12 +214,18 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 class EventBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_field="k"):
     """Events of one gateway in sequence order, as one MQTT message.
 
-    ``events`` holds each event's msgpack form; the edge stores events encoded and
-    sends them without decoding (``msgspec.Raw``), the hub decodes them as ``Event``.
+    The batch covers every seq from ``first_seq`` to ``last_seq``: a seq in the range
+    without an event was dropped at the edge on purpose (telemetry over its budget), so
+    the hub's watermark may pass it. ``events`` holds each event's msgpack form; the
+    edge stores events encoded and sends them as they are (``msgspec.Raw``), the hub
+    decodes them as ``Event``. ``sent_at`` is the edge's clock, for skew.
     """
 
     gateway: str
     session: int
+    first_seq: int
+    last_seq: int
+    sent_at: dt.datetime
     events: list[msgspec.Raw]
 
 
@@ -211,6 +234,23 @@ class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack", tag_field="k"):
 
     gateway: str
     seq: int
+
+
+class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, tag="replay", tag_field="k"):
+    """The hub misses ``[from_seq, to_seq]`` of ``gateway``: send it again."""
+
+    gateway: str
+    from_seq: int
+    to_seq: int
+
+
+class GatewayStats(msgspec.Struct, frozen=True, kw_only=True, tag="stats", tag_field="k"):
+    """A gateway's own counters, sent periodically so the hub can show them."""
+
+    gateway: str
+    session: int
+    sent_at: dt.datetime
+    counters: dict[str, float]
 
 
 class Birth(msgspec.Struct, frozen=True, kw_only=True, tag="birth", tag_field="k"):
@@ -248,18 +288,6 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag="command", tag_fiel
     expires_at: dt.datetime | None = None
 
 
-class CommandOutcome(enum.StrEnum):
-    DONE = "done"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    REJECTED = "rejected"
-
-
-class CommandResult(msgspec.Struct, frozen=True, kw_only=True, tag="command_result", tag_field="k"):
-    key: str
-    device: str
-    outcome: CommandOutcome
-    detail: str = ""
-
-
-SessionMessage = EventBatch | Ack | Birth | Death | HubPresence | Command | CommandResult
+SessionMessage = (
+    EventBatch | Ack | ReplayRequest | GatewayStats | Birth | Death | HubPresence | Command
+)

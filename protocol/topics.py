@@ -24,8 +24,9 @@ class Kind(enum.StrEnum):
     ACK = "ack"  # hub → edge: Ack
     BIRTH = "birth"  # edge → hub: Birth
     DEATH = "death"  # edge → hub: Death (also the MQTT Will)
-    COMMAND = "command"  # hub → edge: Command
-    COMMAND_RESULT = "command_result"  # edge → hub: CommandResult
+    REPLAY = "replay"  # hub → edge: ReplayRequest
+    STATS = "stats"  # edge → hub: GatewayStats
+    COMMAND = "command"  # hub → edge: Command (its result comes back as an event)
 
 
 class TopicError(DecodeError):

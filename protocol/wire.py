@@ -6,6 +6,7 @@ tagged by its kind (``"k"``). A receiver checks the version before it trusts the
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import msgspec
@@ -15,11 +16,12 @@ from warelink.protocol.messages import (
     Ack,
     Birth,
     Command,
-    CommandResult,
     Death,
     Event,
     EventBatch,
+    GatewayStats,
     HubPresence,
+    ReplayRequest,
     SessionMessage,
 )
 
@@ -35,6 +37,9 @@ class DecodedBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_f
 
     gateway: str
     session: int
+    first_seq: int
+    last_seq: int
+    sent_at: dt.datetime
     events: list[Event]
 
 
@@ -43,7 +48,7 @@ _envelope = msgspec.msgpack.Decoder(tuple[int, msgspec.Raw])
 _message = msgspec.msgpack.Decoder(SessionMessage)
 _batch = msgspec.msgpack.Decoder(DecodedBatch)
 _event = msgspec.msgpack.Decoder(Event)
-_TAGGED = (EventBatch, Ack, Birth, Death, HubPresence, Command, CommandResult)
+_TAGGED = (EventBatch, Ack, ReplayRequest, GatewayStats, Birth, Death, HubPresence, Command)
 
 
 def encode(message: SessionMessage) -> bytes:

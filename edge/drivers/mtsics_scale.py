@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import serial
 import serial_asyncio
 import structlog
 
 from warelink.edge.config import MtSicsScaleConfig
-from warelink.edge.drivers.base import Backoff, Emit
+from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit
 from warelink.protocol.messages import DeviceState, DeviceStatus, TrafficClass, WeightReading
 from warelink.protocol.mtsics import (
     CommandCode,
@@ -125,6 +126,18 @@ class MtSicsScaleDriver:
             raise ScaleCommandError(f"tare not executed: {_describe(resp)}")
         self._settled = None
         return resp.value
+
+    async def execute(self, action: str, args: dict[str, Any]) -> str:
+        """Hub commands: ``zero`` and ``tare``."""
+        try:
+            if action == "zero":
+                await self.zero()
+                return "zeroed"
+            if action == "tare":
+                return f"tare {await self.tare():g}"
+        except ScaleCommandError as exc:
+            raise CommandFailed(str(exc)) from None
+        raise CommandRejected(f"a scale takes 'zero' or 'tare', not {action!r}")
 
     # ------------------------------------------------------------ the session
 

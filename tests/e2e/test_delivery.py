@@ -171,7 +171,16 @@ async def test_batches_delivered_twice_are_stored_once(hub: HubProcess, mqtt_pre
     ]  # fmt: skip
     raw = [msgspec.Raw(wire.encode_event(e)) for e in events]
     payloads = [
-        wire.encode(EventBatch(gateway="gw-d", session=1, events=raw[i : i + 10]))
+        wire.encode(
+            EventBatch(
+                gateway="gw-d",
+                session=1,
+                first_seq=i + 1,
+                last_seq=i + 10,
+                sent_at=now,
+                events=raw[i : i + 10],
+            )
+        )
         for i in range(0, 50, 10)
     ]
     acks: list[int] = []

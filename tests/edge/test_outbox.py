@@ -10,9 +10,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
-from warelink.edge.outbox import Draft, Outbox, read_status
+from warelink.edge.outbox import Draft, Outbox, OutboxPolicy, Pressure, read_status
 from warelink.protocol import wire
 from warelink.protocol.messages import Receipt, TrafficClass, WeightReading
 
@@ -27,7 +28,8 @@ async def test_concurrent_appends_get_one_gapless_sequence(tmp_path: Path) -> No
     async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
         ends = await asyncio.gather(*(outbox.append([draft(i)] * 3) for i in range(200)))
         assert sorted(ends) == list(range(3, 601, 3))
-        rows = outbox.read_after(0, 10_000)
+        rows, covered = outbox.read_batch(0, 10_000)
+    assert covered == 600
     assert [seq for seq, _ in rows] == list(range(1, 601))
     events = [wire.decode_event(payload) for _, payload in rows]
     assert {e.gateway for e in events} == {"gw-a"}
@@ -46,15 +48,15 @@ async def test_sequence_and_session_continue_after_reopen(tmp_path: Path) -> Non
         assert outbox.next_session() == 2
 
 
-async def test_ack_trims_and_never_moves_back_or_past_the_end(tmp_path: Path) -> None:
+async def test_ack_never_moves_back_or_past_the_end(tmp_path: Path) -> None:
     async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
         await outbox.append([draft(i) for i in range(10)])
         assert outbox.mark_acked(4) == 4
-        assert [seq for seq, _ in outbox.read_after(0, 100)] == list(range(5, 11))
+        assert outbox.status().depth == 6
         assert outbox.mark_acked(2) == 4
         assert outbox.mark_acked(99) == 10
         status = outbox.status()
-    assert (status.last_seq, status.acked_seq, status.depth) == (10, 10, 0)
+    assert (status.last_seq, status.acked_seq, status.depth, status.retained) == (10, 10, 0, 10)
 
 
 def test_sigkill_loses_nothing_reported_stored(tmp_path: Path) -> None:
@@ -89,3 +91,65 @@ def test_sigkill_loses_nothing_reported_stored(tmp_path: Path) -> None:
     conn.close()
     assert status.last_seq >= reported
     assert seqs == list(range(1, status.last_seq + 1))
+
+
+def telemetry(n: int) -> Draft:
+    return Draft("scale-1", TrafficClass.TELEMETRY, WeightReading(float(n), "kg", False), WHEN)
+
+
+async def test_acked_events_stay_for_the_retention_then_go(tmp_path: Path) -> None:
+    policy = OutboxPolicy(retention_s=60)
+    async with Outbox(tmp_path / "o.db", "gw-a", policy) as outbox:
+        await outbox.append([draft(i) for i in range(10)])
+        outbox.mark_acked(6)
+        outbox.housekeeping(now=time.time() + 30)
+        assert outbox.status().retained == 6  # kept: replay and audit
+        rows, _ = outbox.read_batch(3, 100)  # a replay reads retained rows too
+        assert [seq for seq, _ in rows] == list(range(4, 11))
+        outbox.housekeeping(now=time.time() + 61)
+        status = outbox.status()
+    assert (status.retained, status.depth) == (0, 4)
+
+
+async def test_telemetry_over_budget_drops_the_oldest_and_batches_cover_the_holes(
+    tmp_path: Path,
+) -> None:
+    policy = OutboxPolicy(telemetry_budget=5)
+    async with Outbox(tmp_path / "o.db", "gw-a", policy) as outbox:
+        await outbox.append([draft(0), *(telemetry(i) for i in range(10)), draft(11)])
+        assert outbox.housekeeping() is Pressure.OK
+        status = outbox.status()
+        assert (status.depth_ledger, status.depth_telemetry, status.dropped_telemetry) == (2, 5, 5)
+        rows, covered = outbox.read_batch(0, 100)
+    assert covered == 12  # seqs 2-6 are holes the batch covers: dropped on purpose
+    assert [seq for seq, _ in rows] == [1, 7, 8, 9, 10, 11, 12]
+
+
+async def test_at_the_disk_budget_ledger_waits_and_telemetry_is_dropped(tmp_path: Path) -> None:
+    policy = OutboxPolicy(disk_budget_bytes=64 * 1024, retention_s=0)
+    async with Outbox(tmp_path / "o.db", "gw-a", policy) as outbox:
+        while outbox.housekeeping() is not Pressure.FULL:
+            await outbox.append([draft(i) for i in range(100)])
+        outbox.set_pressure(Pressure.FULL)
+        stored = outbox.last_seq
+        await outbox.append([telemetry(1), telemetry(2)])  # dropped at once, counted
+        assert outbox.last_seq == stored
+        assert outbox.status().dropped_telemetry == 2
+        waiting = asyncio.create_task(outbox.append([draft(1)]))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # a ledger event is never dropped: it waits for room
+        outbox.mark_acked(stored)  # the hub has everything: the retention allows a trim
+        outbox.set_pressure(outbox.housekeeping())
+        assert await asyncio.wait_for(waiting, 5) == stored + 1
+
+
+async def test_a_command_key_is_claimed_once_and_a_crash_leaves_it_interrupted(
+    tmp_path: Path,
+) -> None:
+    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+        assert outbox.claim_command("k1") is True
+        assert outbox.claim_command("k1") is False
+        assert outbox.claim_command("k2") is True
+        outbox.command_reported("k2")
+    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+        assert outbox.interrupted_commands() == ["k1"]

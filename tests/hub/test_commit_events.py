@@ -12,11 +12,22 @@ import pytest
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_dumps
 
-from warelink.hub.ingest import commit_events
+from warelink.hub.commit import IncomingBatch, commit_events
 from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import Event, EventBody, Receipt, TrafficClass, WeightReading
 
 WHEN = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+
+
+def batch(
+    site: str, events: list[Event], first: int | None = None, last: int | None = None
+) -> IncomingBatch:
+    """An events message as the hub decodes it; it covers its events' seqs by default."""
+    seqs = [e.seq for e in events]
+    return IncomingBatch(
+        site=site, gateway=events[0].gateway, first_seq=first or min(seqs),
+        last_seq=last or max(seqs), events=events, skew_ms=0.0,
+    )  # fmt: skip
 
 
 def event(seq: int, body: EventBody | None = None, gateway: str = "gw-1") -> Event:
@@ -45,45 +56,58 @@ async def gateway_row(conn: AsyncConnection, gateway: str = "gw-1") -> tuple[int
 
 
 async def test_in_order_batch_moves_the_watermark(conn: AsyncConnection) -> None:
-    result = await commit_events([("s", [event(1), event(2), event(3)])], conn=conn)
+    result = await commit_events([batch("s", [event(1), event(2), event(3)])], conn=conn)
     assert result.acks == {"gw-1": ("s", 3)}
     assert (result.committed, result.duplicates) == (3, 0)
     assert await gateway_row(conn) == (3, 3, 3, 0)
 
 
 async def test_a_gap_holds_the_watermark_until_it_is_filled(conn: AsyncConnection) -> None:
-    result = await commit_events([("s", [event(1), event(2), event(4), event(5)])], conn=conn)
+    first = batch("s", [event(1), event(2)])
+    result = await commit_events([first, batch("s", [event(4), event(5)])], conn=conn)
     assert result.acks["gw-1"] == ("s", 2)
-    result = await commit_events([("s", [event(7)])], conn=conn)
+    assert result.gaps == {"gw-1": ("s", 3, 3)}
+    assert result.gaps_detected == 1
+    result = await commit_events([batch("s", [event(7)])], conn=conn)
     assert result.acks["gw-1"] == ("s", 2)
-    result = await commit_events([("s", [event(3)])], conn=conn)
+    assert result.gaps_detected == 0  # the same gap, still open
+    result = await commit_events([batch("s", [event(3)])], conn=conn)
     assert result.acks["gw-1"] == ("s", 5)  # 3 fills the gap, 4 and 5 were stored
+    assert (result.gaps, result.gaps_filled) == ({"gw-1": ("s", 6, 6)}, 1)
     assert await gateway_row(conn) == (5, 7, 6, 0)
+
+
+async def test_seqs_a_batch_covers_without_events_were_dropped_at_the_edge(
+    conn: AsyncConnection,
+) -> None:
+    result = await commit_events([batch("s", [event(1), event(4)], first=1, last=6)], conn=conn)
+    assert result.acks["gw-1"] == ("s", 6)  # 2, 3, 5, 6: telemetry the edge dropped
+    assert (result.committed, result.duplicates) == (2, 0)
 
 
 async def test_duplicates_within_and_across_flushes_are_dropped(conn: AsyncConnection) -> None:
     first = [event(n) for n in range(1, 6)]
-    result = await commit_events([("s", first), ("s", first[::-1])], conn=conn)
+    result = await commit_events([batch("s", first), batch("s", first[::-1])], conn=conn)
     assert (result.committed, result.duplicates) == (5, 5)
-    result = await commit_events([("s", first[2:])], conn=conn)
+    result = await commit_events([batch("s", first[2:])], conn=conn)
     assert (result.committed, result.duplicates) == (0, 3)
     assert await gateway_row(conn) == (5, 5, 5, 8)
 
 
 async def test_a_gateway_under_another_site_is_rejected(conn: AsyncConnection) -> None:
-    await commit_events([("site-a", [event(1)])], conn=conn)
-    result = await commit_events([("site-b", [event(2)])], conn=conn)
+    await commit_events([batch("site-a", [event(1)])], conn=conn)
+    result = await commit_events([batch("site-b", [event(2)])], conn=conn)
     assert (result.committed, result.rejected) == (0, 1)
     assert await gateway_row(conn) == (1, 1, 1, 0)
 
 
 async def test_receipts_post_double_entry_movements_and_balances(conn: AsyncConnection) -> None:
     receipt = Receipt(location="DOCK-1", gtin="09506000134352", quantity=7, lot="L1")
-    result = await commit_events([("s", [event(1, receipt), event(2, receipt)])], conn=conn)
+    result = await commit_events([batch("s", [event(1, receipt), event(2, receipt)])], conn=conn)
     assert {(b.location, int(b.quantity)) for b in result.balances} == {
         ("DOCK-1", 14), ("SUPPLIER", -14),
     }  # fmt: skip
-    await commit_events([("s", [event(1, receipt)])], conn=conn)  # a resend: no effect
+    await commit_events([batch("s", [event(1, receipt)])], conn=conn)  # a resend: no effect
     cur = await conn.execute("SELECT location, quantity FROM balances ORDER BY location")
     assert [(loc, int(q)) for loc, q in await cur.fetchall()] == [
         ("DOCK-1", 14), ("SUPPLIER", -14),
@@ -106,7 +130,7 @@ async def test_any_delivery_order_with_duplicates_stores_each_event_once(
         n = 0
         while n < 200:
             size = rng.randint(1, 30)
-            deliveries.append(("s", events[g][n : n + size]))
+            deliveries.append(batch("s", events[g][n : n + size]))
             n += size
     deliveries += rng.sample(deliveries, len(deliveries) // 3)  # resends
     rng.shuffle(deliveries)

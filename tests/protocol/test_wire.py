@@ -16,15 +16,15 @@ from warelink.protocol.messages import (
     Ack,
     Birth,
     Command,
-    CommandOutcome,
-    CommandResult,
     Death,
     DeviceState,
     DeviceStatus,
     Event,
     EventBatch,
+    GatewayStats,
     HubPresence,
     Receipt,
+    ReplayRequest,
     Scan,
     TrafficClass,
     WeightReading,
@@ -72,7 +72,8 @@ def test_event_wire_map_is_the_documented_one() -> None:
         Death(gateway="gw-a", session=3),
         HubPresence(online=True, instance="abc"),
         Command(key="k1", device="scale-1", action="zero", expires_at=WHEN),
-        CommandResult(key="k1", device="scale-1", outcome=CommandOutcome.EXPIRED),
+        ReplayRequest(gateway="gw-a", from_seq=5, to_seq=9),
+        GatewayStats(gateway="gw-a", session=2, sent_at=WHEN, counters={"depth": 3.0}),
     ],
 )
 def test_session_messages_round_trip(message: object) -> None:
@@ -89,10 +90,13 @@ def test_batch_round_trip_carries_events_unchanged() -> None:
         event(4, DeviceStatus(state=DeviceState.OFFLINE, detail="port gone")),
     ]  # fmt: skip
     batch = EventBatch(
-        gateway="gw-a", session=1, events=[msgspec.Raw(wire.encode_event(e)) for e in events]
-    )
+        gateway="gw-a", session=1, first_seq=1, last_seq=6, sent_at=WHEN,
+        events=[msgspec.Raw(wire.encode_event(e)) for e in events],
+    )  # fmt: skip
     decoded = wire.decode(wire.encode(batch))
-    assert decoded == DecodedBatch(gateway="gw-a", session=1, events=events)
+    assert decoded == DecodedBatch(
+        gateway="gw-a", session=1, first_seq=1, last_seq=6, sent_at=WHEN, events=events
+    )
     assert wire.decode_batch(wire.encode(batch)) == decoded
 
 
@@ -128,8 +132,9 @@ def test_arbitrary_bytes_raise_only_wire_decode_error(data: bytes) -> None:
 def test_any_batch_round_trips(readings: list[tuple[float, str, bool]], first: int) -> None:
     events = [event(first + i, WeightReading(*r)) for i, r in enumerate(readings)]
     batch = EventBatch(
-        gateway="gw-a", session=9, events=[msgspec.Raw(wire.encode_event(e)) for e in events]
-    )
+        gateway="gw-a", session=9, first_seq=first, last_seq=first + len(events), sent_at=WHEN,
+        events=[msgspec.Raw(wire.encode_event(e)) for e in events],
+    )  # fmt: skip
     assert wire.decode_batch(wire.encode(batch)).events == events
 
 
@@ -139,6 +144,9 @@ def test_mutated_valid_payloads_raise_only_wire_decode_error(noise: bytes) -> No
         EventBatch(
             gateway="g",
             session=1,
+            first_seq=1,
+            last_seq=1,
+            sent_at=WHEN,
             events=[msgspec.Raw(wire.encode_event(event(1, WeightReading(1.0, "kg", True))))],
         )
     )
