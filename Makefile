@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export UV_SYSTEM_CERTS := 1
 UV := python3 -m uv
 
-.PHONY: env services test lint check demo bench clean
+.PHONY: env services test lint check demo bench chaos chaos-seeds clean
 
 # The environment: locked dependencies (uv.lock), all extras, the project editable.
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -38,6 +38,19 @@ demo: env services
 bench: env services
 	$(PY) bench/edge_outbox.py
 	$(PY) bench/hub_ingest.py
+
+# A long mixed-fault soak: make chaos DURATION=10m [SEED=1]
+DURATION ?= 10m
+SEED ?= 1
+chaos: env services
+	$(PY) -m tests.chaos.soak --duration $(DURATION) --seed $(SEED)
+
+# The chaos suite for seeds 1..SEEDS in a row, stopping at the first failure.
+SEEDS ?= 20
+chaos-seeds: env services
+	for seed in $$(seq 1 $(SEEDS)); do \
+		WARELINK_CHAOS_SEED=$$seed $(VENV)/bin/pytest -q -p no:cacheprovider tests/chaos || exit 1; \
+		echo "seed $$seed: passed"; done
 
 clean:
 	rm -rf $(VENV) .typecheck .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

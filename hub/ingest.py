@@ -10,6 +10,7 @@ A gap in a gateway's stream is answered with a replay request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,9 +93,11 @@ class Ingest:
         while True:
             try:
                 await self._session(backoff)
-            except (aiomqtt.MqttError, psycopg.OperationalError) as exc:
+            except* (aiomqtt.MqttError, psycopg.OperationalError) as lost:
+                # The broker or the database went away (the TaskGroups wrap it): reconnect.
+                # Nothing is lost: what was not committed is not acked, so edges resend.
                 if backoff.attempts == 0:
-                    log.warning("ingest.disconnected", error=str(exc))
+                    log.warning("ingest.disconnected", error=str(lost.exceptions[0]))
             finally:
                 self.mqtt_connected = False
             await asyncio.sleep(backoff.next_delay())
@@ -128,8 +131,11 @@ class Ingest:
             log.info("ingest.connected", instance=self.instance)
             try:
                 await self._consume(client, conn)
-            except asyncio.CancelledError:
-                await asyncio.shield(client.publish(presence, gone, qos=1, retain=True))
+            except BaseException:
+                # Stopping, or the database went away: tell the gateways to hold on.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await asyncio.shield(client.publish(presence, gone, qos=1, retain=True))
                 raise
             finally:
                 self._client = None
