@@ -96,7 +96,7 @@ async def main(args: argparse.Namespace) -> None:
     site, gateway = "bench-site", "bench-gw"
     scanner_port = root / "dev" / "scanner"
     config = write_site_config(
-        root, site=site, gateway=gateway, retention_s=3600.0, window_events=50_000,
+        root, site=site, gateway=gateway, retention_s=3600.0,
         devices=[{"id": "dock-scanner", "kind": "line_scanner", "port": str(scanner_port),
                   "purpose": "receive", "location": "DOCK-2"}],
     )  # fmt: skip

@@ -306,17 +306,21 @@ class Outbox:
             row = self._read().execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()
         return int(row[0])
 
-    def read_batch(self, after: int, limit: int) -> tuple[list[tuple[int, bytes]], int]:
-        """Stored events after ``after`` and the last seq the batch covers (blocking).
+    def read_batch(
+        self, after: int, limit: int, upto: int | None = None
+    ) -> tuple[list[tuple[int, bytes]], int]:
+        """Stored events after ``after`` (up to ``upto``) and the last seq the batch covers.
 
         A seq in the covered range without a row was dropped on purpose (telemetry over
-        budget): everything up to ``last_seq`` was committed before this read.
+        budget): everything up to ``last_seq`` was committed before this read. Blocking.
         """
         with self._reader_lock:
             conn = self._read()
             conn.execute("BEGIN")
             try:
                 (last,) = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+                if upto is not None:
+                    last = min(last, upto)
                 rows = conn.execute(
                     "SELECT seq, payload FROM outbox WHERE seq > ? AND seq <= ?"
                     " ORDER BY seq LIMIT ?",

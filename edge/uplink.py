@@ -42,6 +42,8 @@ from warelink.protocol.topics import Kind, Topics
 
 log = structlog.get_logger(__name__)
 
+LIVE_AHEAD_BATCHES = 20  # a backlog of more batches than this lets live events go first
+
 
 @dataclass
 class UplinkStats:
@@ -76,8 +78,12 @@ class Uplink:
         self.stats = UplinkStats()
         self.log = log.bind(gateway=config.id, site=config.site)
         self.acked = 0
-        self._cursor = 0  # last seq handed to the broker in this session
+        self._cursor = 0  # last seq handed to the broker in this session, in order
         self._highest_sent = 0  # for counting resends
+        # While a large backlog drains, live events go ahead of it: ``_tail`` is the last
+        # live seq sent, ``_backlog_end`` where the backlog stops (see _send).
+        self._tail: int | None = None
+        self._backlog_end = 0
         self._last_progress = time.monotonic()
         self._wake = asyncio.Event()
 
@@ -150,6 +156,7 @@ class Uplink:
     def _rewind(self, to: int) -> None:
         """Send again everything after ``to``."""
         self._cursor = min(self._cursor, to)
+        self._tail = None  # start over in order; live-ahead resumes if the backlog is large
         self._last_progress = time.monotonic()
         self._wake.set()
 
@@ -191,41 +198,62 @@ class Uplink:
         self._wake.set()
 
     async def _send(self, client: aiomqtt.Client, session: int) -> None:
+        """Send in seq order; while a large backlog drains, live events skip ahead.
+
+        The hub keeps the early live range, shows it at once and applies it to the
+        ledger when the backlog before it is in (the ledger takes events in seq order).
+        """
         max_events = self.config.batch_max_events
+        live_ahead_after = LIVE_AHEAD_BATCHES * max_events
         max_wait = self.config.batch_max_wait_ms / 1000
-        events_topic = self._topic(Kind.EVENTS)
         while True:
+            last = self.outbox.last_seq
             ready = (
                 self.stats.hub_online
-                and self._cursor < self.outbox.last_seq
+                and self._cursor < last
                 and self._cursor - self.acked < self.config.window_events
             )
             if not ready:
                 self._check_ack_timeout()
                 await self._idle()
                 continue
-            if self.outbox.last_seq - self._cursor < max_events and max_wait > 0:
-                await asyncio.sleep(max_wait)  # let a fuller batch gather
-            first = self._cursor + 1
-            rows, covered = await asyncio.to_thread(
-                self.outbox.read_batch, self._cursor, max_events
-            )
-            if covered < first:
+            if self._tail is None and last - self._cursor > live_ahead_after:
+                self._tail = self._backlog_end = last  # from here on, new events are live
+            if self._tail is not None:
+                if self.outbox.last_seq > self._tail:
+                    self._tail = await self._publish(client, session, self._tail, None)
+                self._cursor = await self._publish(client, session, self._cursor, self._backlog_end)
+                if self._cursor >= self._backlog_end:  # the backlog is in: back in order
+                    self._cursor, self._tail = max(self._cursor, self._tail), None
+                    self._highest_sent = max(self._highest_sent, self._cursor)
                 continue
-            batch = EventBatch(
-                gateway=self.config.id,
-                session=session,
-                first_seq=first,
-                last_seq=covered,
-                sent_at=dt.datetime.now(dt.UTC),
-                events=[msgspec.Raw(payload) for _, payload in rows],
-            )
-            await client.publish(events_topic, wire.encode(batch), qos=1)
+            if last - self._cursor < max_events and max_wait > 0:
+                await asyncio.sleep(max_wait)  # let a fuller batch gather
+            self._cursor = await self._publish(client, session, self._cursor, None)
+            self._highest_sent = max(self._highest_sent, self._cursor)
+
+    async def _publish(
+        self, client: aiomqtt.Client, session: int, after: int, upto: int | None
+    ) -> int:
+        """Send the next batch after ``after``; returns the last seq it covered."""
+        read = self.outbox.read_batch
+        rows, covered = await asyncio.to_thread(read, after, self.config.batch_max_events, upto)
+        if covered <= after:
+            return after
+        batch = EventBatch(
+            gateway=self.config.id,
+            session=session,
+            first_seq=after + 1,
+            last_seq=covered,
+            sent_at=dt.datetime.now(dt.UTC),
+            events=[msgspec.Raw(payload) for _, payload in rows],
+        )
+        await client.publish(self._topic(Kind.EVENTS), wire.encode(batch), qos=1)
+        if upto is not None or self._tail is None:  # in-order sends: count what went twice
             self.stats.events_resent += sum(1 for seq, _ in rows if seq <= self._highest_sent)
-            self._highest_sent = max(self._highest_sent, covered)
-            self.stats.batches_sent += 1
-            self.stats.events_sent += len(rows)
-            self._cursor = covered
+        self.stats.batches_sent += 1
+        self.stats.events_sent += len(rows)
+        return covered
 
     async def _idle(self) -> None:
         """Wait for an ack, new events or a rewind, at most half the ack timeout."""

@@ -128,9 +128,11 @@ async def commit_events(batches: Sequence[IncomingBatch], *, conn: AsyncConnecti
             for gateway, events in maybe.items():
                 stored = [e for e in events if (gateway, e.seq) in inserted]
                 new[gateway] = stored + new[gateway]
+        applied: list[tuple[str, list[Event]]] = []
         for gateway, mark in marks.items():
             if not per_gateway[gateway]:
                 continue
+            was_watermark, had_early = mark.acked_seq, bool(mark.early_ranges)
             coverage = Coverage(mark.acked_seq, [(lo, hi) for lo, hi in mark.early_ranges])
             open_gap = coverage.gap
             for batch in sorted(per_gateway[gateway], key=operator.attrgetter("first_seq")):
@@ -160,12 +162,18 @@ async def commit_events(batches: Sequence[IncomingBatch], *, conn: AsyncConnecti
             )
             result.acks[gateway] = (mark.site, mark.acked_seq)
             result.events.append((mark.site, events))
-        result.balances = await post_movements(result.events, conn=conn)
+            # The ledger takes a gateway's events in seq order: only up to the watermark.
+            if had_early and mark.acked_seq > was_watermark:
+                ready = await store.stored_effects(
+                    gateway, was_watermark, mark.acked_seq, conn=conn
+                )
+            else:
+                ready = events[: bisect.bisect_right([e.seq for e in events], mark.acked_seq)]
+            applied.append((mark.site, ready))
+        result.balances = await post_movements(applied, conn=conn)
         reports = [
-            (e.gateway, e.body)
-            for _, events in result.events
-            for e in events
+            (e.gateway, e.body) for _, events in applied for e in events
             if type(e.body) is CommandReport
-        ]
+        ]  # fmt: skip
         await store.record_command_reports(reports, conn=conn)
     return result

@@ -65,7 +65,18 @@ class SessionIncoming:
 
 Incoming = IncomingBatch | SessionIncoming
 
-REPLAY_AGAIN_S = 2.0  # ask for a missing range again if it is still missing after this
+IDLE_CHECK_S = 1.0
+REPLAY_AFTER_S = 2.0  # a gap that has not moved for this long is asked for (and again)
+
+
+@dataclass
+class OpenGap:
+    site: str
+    first: int
+    last: int
+    watermark: int
+    since: float  # loop time when the watermark last moved
+    asked_at: float = -1e9
 
 
 class Ingest:
@@ -84,7 +95,7 @@ class Ingest:
         self.on_commit = on_commit
         self.mqtt_connected = False
         self._malformed_logged = False
-        self._replays: dict[str, tuple[tuple[int, int], float]] = {}  # gateway → (gap, when)
+        self._gaps: dict[str, OpenGap] = {}
         self._client: aiomqtt.Client | None = None
 
     async def run(self) -> None:
@@ -184,7 +195,10 @@ class Ingest:
         while True:
             pending: list[IncomingBatch] = []
             size = 0
-            item: Incoming | None = await queue.get()
+            item = await self._next(queue, IDLE_CHECK_S)
+            if item is None:  # quiet: a gap nobody is filling is asked for now
+                await self._ask_for_gaps(client, conn)
+                continue
             deadline = loop.time() + max_wait
             while item is not None:
                 if isinstance(item, SessionIncoming):  # births and deaths keep their place
@@ -229,27 +243,13 @@ class Ingest:
         stats.gaps_filled += result.gaps_filled
         if result.rejected:
             self._malformed("events", f"{result.rejected} events under the wrong site")
-        now = asyncio.get_running_loop().time()
         async with asyncio.TaskGroup() as sends:
             for gateway, (site, seq) in result.acks.items():
                 ack = wire.encode(Ack(gateway=gateway, seq=seq))
                 topic = self.topics.gateway(site, gateway, Kind.ACK)
                 sends.create_task(client.publish(topic, ack, qos=1))
-            for gateway, (site, first, last) in result.gaps.items():
-                asked = self._replays.get(gateway)
-                if (
-                    asked is not None
-                    and asked[0] == (first, last)
-                    and now - asked[1] < REPLAY_AGAIN_S
-                ):
-                    continue
-                self._replays[gateway] = ((first, last), now)
-                stats.replays_requested += 1
-                await store.count_replay_request(gateway, conn=conn)
-                log.info("ingest.gap", gateway=gateway, site=site, missing=f"{first}-{last}")
-                request = wire.encode(ReplayRequest(gateway=gateway, from_seq=first, to_seq=last))
-                topic = self.topics.gateway(site, gateway, Kind.REPLAY)
-                sends.create_task(client.publish(topic, request, qos=1))
+        self._track_gaps(result)
+        await self._ask_for_gaps(client, conn)
         if self.on_commit is not None:
             self.on_commit(result)
 
@@ -279,6 +279,39 @@ class Ingest:
             await store.record_edge_counters(gateway, message.counters, conn=conn)
         else:
             self._malformed(f"{site}/{gateway}", f"unexpected {type(message).__name__}")
+
+    def _track_gaps(self, result: FlushResult) -> None:
+        """Remember open gaps and when their gateway's watermark last moved."""
+        now = asyncio.get_running_loop().time()
+        for gateway, (site, watermark) in result.acks.items():
+            gap = result.gaps.get(gateway)
+            if gap is None:
+                self._gaps.pop(gateway, None)
+                continue
+            known = self._gaps.get(gateway)
+            if known is None or known.watermark != watermark:
+                self._gaps[gateway] = OpenGap(site, gap[1], gap[2], watermark, since=now)
+            else:
+                known.first, known.last = gap[1], gap[2]
+
+    async def _ask_for_gaps(self, client: aiomqtt.Client, conn: AsyncConnection) -> None:
+        """Ask for a missing range once it stopped filling by itself for a while.
+
+        A gap that two hubs' commits opened, or that a gateway is draining anyway, closes
+        on its own; a request then would only make the gateway send things twice.
+        """
+        now = asyncio.get_running_loop().time()
+        for gateway, gap in self._gaps.items():
+            if now - gap.since < REPLAY_AFTER_S or now - gap.asked_at < REPLAY_AFTER_S:
+                continue
+            gap.asked_at = now
+            self.stats.replays_requested += 1
+            log.info("ingest.gap", gateway=gateway, site=gap.site,
+                     missing=f"{gap.first}-{gap.last}")  # fmt: skip
+            await store.count_replay_request(gateway, conn=conn)
+            request = ReplayRequest(gateway=gateway, from_seq=gap.first, to_seq=gap.last)
+            topic = self.topics.gateway(gap.site, gateway, Kind.REPLAY)
+            await client.publish(topic, wire.encode(request), qos=1)
 
     async def send_command(self, site: str, gateway: str, command: Command) -> bool:
         """Publish a command to its gateway; False if the broker is not reachable now

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+import msgspec
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from warelink.protocol.messages import BODY_TYPES, CommandReport, Event
+from warelink.protocol.messages import BODY_TYPES, CommandReport, Event, EventBody, TrafficClass
 
 EVENT_COLUMNS = "gateway, seq, event_id, site, device, type, cls, occurred_at, received_at, body"
 EVENT_TYPES = [
@@ -195,3 +196,27 @@ async def record_command_reports(
                 " WHERE key = %s AND gateway = %s AND outcome IS NULL",
                 [(r.outcome.value, r.detail, r.key, gateway) for gateway, r in reports],
             )
+
+
+EFFECT_TYPES = ["receipt", "shipment", "movement", "command_report"]
+_body = msgspec.json.Decoder(EventBody)
+
+
+async def stored_effects(
+    gateway: str, after: int, upto: int, *, conn: AsyncConnection
+) -> list[Event]:
+    """Stored events with a ledger effect in ``(after, upto]``, in seq order.
+
+    For a watermark that jumped over events which arrived early: their effects wait
+    until everything before them is there.
+    """
+    cur = await conn.execute(
+        "SELECT seq, event_id, device, cls, occurred_at, body::text FROM events"
+        " WHERE gateway = %s AND seq > %s AND seq <= %s AND type = ANY(%s) ORDER BY seq",
+        (gateway, after, upto, EFFECT_TYPES),
+    )
+    return [
+        Event(gateway=gateway, seq=seq, id=event_id, device=device, cls=TrafficClass(cls),
+              occurred_at=occurred_at, body=_body.decode(body))
+        for seq, event_id, device, cls, occurred_at, body in await cur.fetchall()
+    ]  # fmt: skip

@@ -77,9 +77,9 @@ async def test_the_hub_detects_a_gap_asks_for_it_and_counts_it_filled(
     hub: HubProcess, mqtt_prefix: str
 ) -> None:
     topics = Topics(mqtt_prefix)
-    now = dt.datetime.now(dt.UTC)
 
     def batch(first: int, last: int) -> bytes:
+        now = dt.datetime.now(dt.UTC)  # sent now: the hub measures clock skew from it
         events = [
             Event(gateway="gw-g", seq=seq, id=new_event_id(), device="scale",
                   cls=TrafficClass.LEDGER, occurred_at=now, body=WeightReading(1.0, "kg", True))

@@ -147,3 +147,18 @@ async def test_any_delivery_order_with_duplicates_stores_each_event_once(
         assert (await gateway_row(conn, g))[:3] == (200, 200, 200)
     cur = await conn.execute("SELECT gateway, count(*), count(DISTINCT seq) FROM events GROUP BY 1")
     assert sorted(await cur.fetchall()) == [(g, 200, 200) for g in gateways]
+
+
+async def test_the_ledger_takes_events_in_seq_order_even_when_they_arrive_early(
+    conn: AsyncConnection,
+) -> None:
+    receipt = Receipt(location="DOCK-1", gtin="09506000134352", quantity=1)
+    events = [event(n, receipt) for n in range(1, 7)]
+    result = await commit_events([batch("s", events[0:2]), batch("s", events[4:6])], conn=conn)
+    assert result.acks["gw-1"] == ("s", 2)
+    assert [int(b.quantity) for b in result.balances if b.location == "DOCK-1"] == [2]
+    result = await commit_events([batch("s", events[2:4])], conn=conn)
+    assert result.acks["gw-1"] == ("s", 6)
+    assert [int(b.quantity) for b in result.balances if b.location == "DOCK-1"] == [6]
+    cur = await conn.execute("SELECT source_seq FROM movements ORDER BY id")
+    assert [row[0] for row in await cur.fetchall()] == [1, 2, 3, 4, 5, 6]
