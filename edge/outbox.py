@@ -46,8 +46,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES
-    ('last_seq', 0), ('acked_seq', 0), ('session', 0),
-    ('dropped_telemetry', 0), ('dropped_at_admission', 0);
+    ('session', 0), ('dropped_telemetry', 0), ('dropped_at_admission', 0);
 CREATE TABLE IF NOT EXISTS counters (  -- the running gateway's counters, for `edge status`
     name TEXT PRIMARY KEY,
     value REAL NOT NULL
@@ -81,6 +80,9 @@ class OutboxPolicy:
     telemetry_budget: int = 200_000  # unacked telemetry rows at most
     disk_budget_bytes: int = 1 << 30
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    # Where a new outbox's sequence starts. None: the current time in microseconds, so a
+    # gateway whose outbox was replaced continues past every seq the hub has seen.
+    seq_origin: int | None = None
 
 
 class Pressure(enum.StrEnum):
@@ -103,12 +105,19 @@ class OutboxStatus:
     used_bytes: int
 
 
-def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
+def connect(
+    path: Path, *, synchronous: str = "NORMAL", seq_origin: int | None = None
+) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.executescript(SCHEMA)
+    origin = time.time_ns() // 1000 if seq_origin is None else seq_origin
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', ?), ('acked_seq', ?)",
+        (origin, origin),
+    )
     return conn
 
 
@@ -175,7 +184,9 @@ class Outbox:
     # ------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> Outbox:
-        writer = connect(self.path, synchronous=self._synchronous)
+        writer = connect(
+            self.path, synchronous=self._synchronous, seq_origin=self.policy.seq_origin
+        )
         self._last_seq = writer.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0]
         self._reader = connect(self.path, synchronous=self._synchronous)
         self._thread = threading.Thread(

@@ -84,6 +84,9 @@ class Uplink:
         # live seq sent, ``_backlog_end`` where the backlog stops (see _send).
         self._tail: int | None = None
         self._backlog_end = 0
+        self._birth_answered = True
+        self._session_no = 0
+        self._rewinds = 0
         self._last_progress = time.monotonic()
         self._wake = asyncio.Event()
 
@@ -125,14 +128,8 @@ class Uplink:
             for kind in (Kind.ACK, Kind.REPLAY, Kind.COMMAND):
                 await client.subscribe(self._topic(kind), qos=1)
             await client.subscribe(self.topics.hub_presence(), qos=1)
-            birth = Birth(
-                gateway=self.config.id,
-                site=self.config.site,
-                session=session,
-                last_seq=self.outbox.last_seq,
-                devices=self.devices,
-            )
-            await client.publish(self._topic(Kind.BIRTH), wire.encode(birth), qos=1)
+            self._session_no = session
+            await self._announce(client)
             self._rewind(self.acked)
             try:
                 await self._serve(client, session)
@@ -157,6 +154,7 @@ class Uplink:
         """Send again everything after ``to``."""
         self._cursor = min(self._cursor, to)
         self._tail = None  # start over in order; live-ahead resumes if the backlog is large
+        self._rewinds += 1  # a send in progress must not move the cursor past this
         self._last_progress = time.monotonic()
         self._wake.set()
 
@@ -184,12 +182,35 @@ class Uplink:
                 self.stats.hub_online = decoded.online
                 if decoded.online and not was:
                     self.log.info("uplink.hub_online", instance=decoded.instance)
+                    await self._announce(client)  # a hub that was away hears the birth again
                     self._rewind(self.acked)
                 elif was and not decoded.online:
                     self.log.warning("uplink.hub_offline")
 
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """Publish the birth; nothing is sent until the hub answers it with its watermark."""
+        birth = Birth(
+            gateway=self.config.id,
+            site=self.config.site,
+            session=self._session_no,
+            last_seq=self.outbox.last_seq,
+            devices=self.devices,
+        )
+        self._birth_answered = False
+        await client.publish(self._topic(Kind.BIRTH), wire.encode(birth), qos=1)
+
     async def _on_ack(self, seq: int) -> None:
         self.stats.acks_received += 1
+        if not self._birth_answered:
+            # The hub answers a birth with its watermark. Below ours, it lacks what we
+            # hold as acked (its database was restored), or our outbox is new and starts
+            # past its watermark: either way, send from there (what the retention no
+            # longer has is covered as gone, so the hub does not wait for it).
+            self._birth_answered = True
+            self._wake.set()
+            if seq < self.acked:
+                self.log.warning("uplink.hub_behind", hub_watermark=seq, acked_seq=self.acked)
+                self._rewind(seq)
         if seq <= self.acked:
             return
         self.acked = await asyncio.to_thread(self.outbox.mark_acked, seq)
@@ -210,6 +231,7 @@ class Uplink:
             last = self.outbox.last_seq
             ready = (
                 self.stats.hub_online
+                and self._birth_answered
                 and self._cursor < last
                 and self._cursor - self.acked < self.config.window_events
             )
@@ -219,18 +241,27 @@ class Uplink:
                 continue
             if self._tail is None and last - self._cursor > live_ahead_after:
                 self._tail = self._backlog_end = last  # from here on, new events are live
+            rewinds = self._rewinds
             if self._tail is not None:
                 if self.outbox.last_seq > self._tail:
-                    self._tail = await self._publish(client, session, self._tail, None)
-                self._cursor = await self._publish(client, session, self._cursor, self._backlog_end)
-                if self._cursor >= self._backlog_end:  # the backlog is in: back in order
-                    self._cursor, self._tail = max(self._cursor, self._tail), None
+                    tail = await self._publish(client, session, self._tail, None)
+                    if rewinds != self._rewinds:
+                        continue
+                    self._tail = tail
+                sent = await self._publish(client, session, self._cursor, self._backlog_end)
+                if rewinds != self._rewinds or self._tail is None:
+                    continue  # rewound meanwhile: the cursor stays where the rewind put it
+                self._cursor = sent
+                if sent >= self._backlog_end:  # the backlog is in: back in order
+                    self._cursor, self._tail = max(sent, self._tail), None
                     self._highest_sent = max(self._highest_sent, self._cursor)
                 continue
             if last - self._cursor < max_events and max_wait > 0:
                 await asyncio.sleep(max_wait)  # let a fuller batch gather
-            self._cursor = await self._publish(client, session, self._cursor, None)
-            self._highest_sent = max(self._highest_sent, self._cursor)
+            sent = await self._publish(client, session, self._cursor, None)
+            if rewinds == self._rewinds:
+                self._cursor = sent
+                self._highest_sent = max(self._highest_sent, sent)
 
     async def _publish(
         self, client: aiomqtt.Client, session: int, after: int, upto: int | None

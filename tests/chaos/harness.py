@@ -139,6 +139,15 @@ class Edge:
         finally:
             conn.close()
 
+    def origin(self) -> int:
+        """The seq before the outbox's first: its smallest stored seq, less one."""
+        conn = sqlite3.connect(f"file:{self.outbox_path}?mode=ro", uri=True)
+        try:
+            (first,) = conn.execute("SELECT min(seq) FROM outbox").fetchone()
+            return int(first) - 1 if first is not None else self.last_seq()
+        finally:
+            conn.close()
+
     async def settle(self) -> None:
         """Wait until every scan written so far is stored."""
         stable_since, last = time.monotonic(), self.last_seq()
@@ -286,10 +295,10 @@ class Chaos:
 
     async def _replay_acked(self, edge: Edge) -> None:
         """Ask a gateway to send already-acked events again: duplicates for the hub."""
-        last = edge.last_seq()
-        if last < 2:
+        last, origin = edge.last_seq(), edge.origin()
+        if last - origin < 2:
             return
-        first = self.rng.randint(1, last - 1)
+        first = self.rng.randint(origin + 1, last - 1)
         request = ReplayRequest(gateway=edge.gateway, from_seq=first, to_seq=last)
         with contextlib.suppress(aiomqtt.MqttError):
             async with aiomqtt.Client("127.0.0.1", self.broker.port) as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ async def test_a_replay_request_is_answered_from_the_retained_outbox(
             receipt = Receipt(location="DOCK-1", gtin=GTINS[0], quantity=1)
             await gateway.outbox.add("scanner", TrafficClass.LEDGER, receipt)
         await wait_caught_up(hub, [gateway], timeout=20)
-        request = ReplayRequest(gateway="gw-r", from_seq=5, to_seq=10)
+        first = gateway.outbox.last_seq - 19  # the outbox's first seq
+        request = ReplayRequest(gateway="gw-r", from_seq=first + 4, to_seq=first + 9)
         async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as client:
             topic = Topics(mqtt_prefix).gateway("site-r", "gw-r", Kind.REPLAY)
             await client.publish(topic, wire.encode(request), qos=1)
@@ -68,7 +70,7 @@ async def test_a_replay_request_is_answered_from_the_retained_outbox(
         assert gateway.uplink.stats.replays_answered == 1
         assert gateway.uplink.stats.events_resent >= 16
     row = await gateway_row(hub, "gw-r")
-    assert (row["events_received"], row["acked_seq"]) == (20, 20)
+    assert (row["events_received"], row["acked_seq"]) == (20, gateway.outbox.last_seq)
     stock = await hub.get("/api/v1/sites/site-r/stock")
     assert stock["lines"][0]["quantity"] == 20.0
 
@@ -200,3 +202,23 @@ async def test_every_counter_is_in_edge_status_the_gateways_api_and_both_metrics
             in hub_metrics
         )
         assert "warelink_hub_duplicates_dropped_total" in hub_metrics
+
+
+async def test_a_replaced_gateway_box_continues_past_what_the_hub_has(
+    hub: HubProcess, mqtt_prefix: str, tmp_path: Path
+) -> None:
+    """A new outbox (the box replaced, its disk wiped) must not look like old duplicates."""
+    config = site_config(tmp_path, site="site-n", gateway="gw-n")
+    receipt = Receipt(location="DOCK-1", gtin=GTINS[0], quantity=1)
+    for box in range(2):
+        gateway = Gateway(config, edge_settings(mqtt_prefix))
+        async with running(gateway):
+            for _ in range(5):
+                await gateway.outbox.add("scanner", TrafficClass.LEDGER, receipt)
+            await wait_caught_up(hub, [gateway], timeout=20)
+        if box == 0:
+            shutil.rmtree(config.gateway.data_dir)
+    row = await gateway_row(hub, "gw-n")
+    assert row["events_received"] == 10 and row["duplicates_dropped"] == 0
+    stock = await hub.get("/api/v1/sites/site-n/stock")
+    assert stock["lines"][0]["quantity"] == 10.0

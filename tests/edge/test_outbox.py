@@ -18,6 +18,7 @@ from warelink.protocol import wire
 from warelink.protocol.messages import Receipt, TrafficClass, WeightReading
 
 WHEN = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+FROM_ZERO = OutboxPolicy(seq_origin=0)  # readable seqs; production starts at the clock
 
 
 def draft(n: int) -> Draft:
@@ -25,7 +26,7 @@ def draft(n: int) -> Draft:
 
 
 async def test_concurrent_appends_get_one_gapless_sequence(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+    async with Outbox(tmp_path / "o.db", "gw-a", FROM_ZERO) as outbox:
         ends = await asyncio.gather(*(outbox.append([draft(i)] * 3) for i in range(200)))
         assert sorted(ends) == list(range(3, 601, 3))
         rows, covered = outbox.read_batch(0, 10_000)
@@ -39,17 +40,17 @@ async def test_concurrent_appends_get_one_gapless_sequence(tmp_path: Path) -> No
 
 async def test_sequence_and_session_continue_after_reopen(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    async with Outbox(path, "gw-a") as outbox:
+    async with Outbox(path, "gw-a", FROM_ZERO) as outbox:
         await outbox.add("d", TrafficClass.LEDGER, Receipt(location="L", gtin="1", quantity=1))
         assert outbox.next_session() == 1
-    async with Outbox(path, "gw-a") as outbox:
+    async with Outbox(path, "gw-a", FROM_ZERO) as outbox:
         assert outbox.last_seq == 1
         assert await outbox.append([draft(1)]) == 2
         assert outbox.next_session() == 2
 
 
 async def test_ack_never_moves_back_or_past_the_end(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+    async with Outbox(tmp_path / "o.db", "gw-a", FROM_ZERO) as outbox:
         await outbox.append([draft(i) for i in range(10)])
         assert outbox.mark_acked(4) == 4
         assert outbox.status().depth == 6
@@ -80,7 +81,7 @@ def test_sigkill_loses_nothing_reported_stored(tmp_path: Path) -> None:
     reported = 0
     for line in child.stdout:
         reported = int(line)
-        if reported >= 3000:
+        if reported >= status_origin(path) + 3000:
             break
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
@@ -90,7 +91,8 @@ def test_sigkill_loses_nothing_reported_stored(tmp_path: Path) -> None:
     seqs = [row[0] for row in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
     conn.close()
     assert status.last_seq >= reported
-    assert seqs == list(range(1, status.last_seq + 1))
+    assert seqs == list(range(seqs[0], status.last_seq + 1))  # gapless
+    assert seqs[0] == status.acked_seq + 1  # the first seq follows the origin
 
 
 def telemetry(n: int) -> Draft:
@@ -98,7 +100,7 @@ def telemetry(n: int) -> Draft:
 
 
 async def test_acked_events_stay_for_the_retention_then_go(tmp_path: Path) -> None:
-    policy = OutboxPolicy(retention_s=60)
+    policy = OutboxPolicy(retention_s=60, seq_origin=0)
     async with Outbox(tmp_path / "o.db", "gw-a", policy) as outbox:
         await outbox.append([draft(i) for i in range(10)])
         outbox.mark_acked(6)
@@ -114,7 +116,7 @@ async def test_acked_events_stay_for_the_retention_then_go(tmp_path: Path) -> No
 async def test_telemetry_over_budget_drops_the_oldest_and_batches_cover_the_holes(
     tmp_path: Path,
 ) -> None:
-    policy = OutboxPolicy(telemetry_budget=5)
+    policy = OutboxPolicy(telemetry_budget=5, seq_origin=0)
     async with Outbox(tmp_path / "o.db", "gw-a", policy) as outbox:
         await outbox.append([draft(0), *(telemetry(i) for i in range(10)), draft(11)])
         assert outbox.housekeeping() is Pressure.OK
@@ -126,7 +128,7 @@ async def test_telemetry_over_budget_drops_the_oldest_and_batches_cover_the_hole
 
 
 async def test_at_the_disk_budget_ledger_waits_and_telemetry_is_dropped(tmp_path: Path) -> None:
-    policy = OutboxPolicy(disk_budget_bytes=64 * 1024, retention_s=0)
+    policy = OutboxPolicy(disk_budget_bytes=64 * 1024, retention_s=0, seq_origin=0)
     async with Outbox(tmp_path / "o.db", "gw-a", policy) as outbox:
         while outbox.housekeeping() is not Pressure.FULL:
             await outbox.append([draft(i) for i in range(100)])
@@ -146,10 +148,28 @@ async def test_at_the_disk_budget_ledger_waits_and_telemetry_is_dropped(tmp_path
 async def test_a_command_key_is_claimed_once_and_a_crash_leaves_it_interrupted(
     tmp_path: Path,
 ) -> None:
-    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+    async with Outbox(tmp_path / "o.db", "gw-a", FROM_ZERO) as outbox:
         assert outbox.claim_command("k1") is True
         assert outbox.claim_command("k1") is False
         assert outbox.claim_command("k2") is True
         outbox.command_reported("k2")
-    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+    async with Outbox(tmp_path / "o.db", "gw-a", FROM_ZERO) as outbox:
         assert outbox.interrupted_commands() == ["k1"]
+
+
+def status_origin(path: Path) -> int:
+    """The seq a new outbox started from (its acked_seq until the hub acks anything)."""
+    conn = sqlite3.connect(path)
+    try:
+        return read_status(conn).acked_seq
+    finally:
+        conn.close()
+
+
+async def test_a_new_outbox_starts_its_sequence_at_the_clock(tmp_path: Path) -> None:
+    """A replaced gateway box continues past every seq the hub has seen."""
+    before = time.time_ns() // 1000
+    async with Outbox(tmp_path / "o.db", "gw-a") as outbox:
+        seq = await outbox.append([draft(1)])
+        assert outbox.status().acked_seq == seq - 1
+    assert before < seq <= time.time_ns() // 1000 + 1
