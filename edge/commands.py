@@ -78,7 +78,7 @@ class CommandRouter:
         try:
             if execute is None:
                 raise CommandRejected(f"device {command.device!r} takes no commands here")
-            detail = await execute(command.action, dict(command.args))
+            detail = await execute(command.action, {**command.args, "key": command.key})
         except CommandRejected as exc:
             self.stats.rejected += 1
             outcome, detail = CommandOutcome.REJECTED, str(exc)

@@ -10,8 +10,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig, StrictModel
+from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
 from warelink.protocol.topics import check_name
 
 
@@ -19,11 +21,7 @@ class ConfigError(Exception):
     """A site config that cannot be used; the message says where and why."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GatewayConfig(_Strict):
+class GatewayConfig(StrictModel):
     id: str
     site: str
     data_dir: Path = Field(description="Where the outbox lives; relative to the config file.")
@@ -46,49 +44,16 @@ class GatewayConfig(_Strict):
         return check_name(value, "name")
 
 
-class DeviceBase(_Strict):
-    """What every device declares; each kind adds its transport and options."""
-
-    id: str
-    location: str | None = Field(default=None, description="Where the device stands (ledger code).")
-
-    @field_validator("id")
-    @classmethod
-    def _topic_safe(cls, value: str) -> str:
-        return check_name(value, "device id")
+DeviceConfig = Annotated[
+    MtSicsScaleConfig | LineScannerConfig | ZplPrinterConfig,
+    Field(discriminator="kind"),
+]
+DEVICE_KINDS = {"mtsics_scale", "line_scanner", "zpl_printer"}
 
 
-class SerialDevice(DeviceBase):
-    port: str = Field(description="Serial device path, e.g. /dev/ttyUSB0 (or a pty).")
-    baudrate: int = 9600
-
-
-class TcpDevice(DeviceBase):
-    host: str
-    port: int = Field(ge=1, le=65535)
-
-
-class MtSicsScaleConfig(SerialDevice):
-    """A Mettler Toledo (or compatible) scale speaking MT-SICS."""
-
-    kind: Literal["mtsics_scale"]
-    poll_interval_s: float = Field(0.2, gt=0, description="Pause between SI requests.")
-    timeout_s: float = Field(2.0, gt=0, description="No answer in this time: the scale is offline.")
-
-
-class LineScannerConfig(SerialDevice):
-    """A serial barcode scanner sending one CR/LF-terminated scan per line."""
-
-    kind: Literal["line_scanner"]
-    purpose: Literal["scan", "receive"] = "scan"
-
-
-DeviceConfig = Annotated[MtSicsScaleConfig | LineScannerConfig, Field(discriminator="kind")]
-
-
-class SiteConfig(_Strict):
+class SiteConfig(StrictModel):
     gateway: GatewayConfig
-    devices: list[DeviceConfig] = []
+    devices: list[DeviceConfig] = Field(default_factory=list)
 
     @field_validator("devices")
     @classmethod
@@ -112,7 +77,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("mtsics_scale", "line_scanner"):
+        elif part in DEVICE_KINDS:
             continue  # the discriminator's branch, not a key the user wrote
         else:
             out += f".{part}" if out else str(part)

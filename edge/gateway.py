@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 
 from warelink.edge.commands import CommandRouter
-from warelink.edge.config import DeviceConfig, LineScannerConfig, MtSicsScaleConfig, SiteConfig
+from warelink.edge.config import DeviceConfig, SiteConfig
+from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
 from warelink.edge.drivers.base import Driver, Emit
+from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
 from warelink.edge.metrics import serve_metrics
 from warelink.edge.outbox import Outbox, OutboxPolicy, Pressure
 from warelink.edge.settings import EdgeSettings
@@ -23,8 +26,14 @@ OUTBOX_FILE = "outbox.sqlite3"
 HOUSEKEEPING_S = 1.0
 
 
-def make_driver(device: DeviceConfig, emit: Emit) -> Driver:
+def make_driver(device: DeviceConfig, emit: Emit, *, data_dir: Path) -> Driver:
+    """The driver of a declared device; ``data_dir`` holds what a driver keeps on disk."""
     # Imported here so a gateway loads only the drivers its site declares.
+    if isinstance(device, ZplPrinterConfig):
+        from warelink.edge.drivers.zpl_printer import ZplPrinterDriver
+
+        journal = (device.state_dir or data_dir) / f"zpl-{device.id}.sqlite3"
+        return ZplPrinterDriver(device, emit, state_path=journal)
     if isinstance(device, MtSicsScaleConfig):
         from warelink.edge.drivers.mtsics_scale import MtSicsScaleDriver
 
@@ -55,7 +64,8 @@ class Gateway:
             ),
         )
         self.drivers = {
-            device.id: make_driver(device, self.outbox.add) for device in config.devices
+            device.id: make_driver(device, self.outbox.add, data_dir=gw.data_dir)
+            for device in config.devices
         }
         self.router = CommandRouter(self.outbox, self.drivers)
         self.uplink = Uplink(

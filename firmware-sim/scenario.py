@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from warelink.edge.config import LineScannerConfig, MtSicsScaleConfig, SiteConfig
+from warelink.edge.config import SiteConfig
+from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
 from warelink.sim.scale import SimulatedScale
 from warelink.sim.scanner import ReceiptLabel, SimulatedLineScanner
 

@@ -48,7 +48,8 @@ class Commandable(Protocol):
     """A driver that takes commands from the hub (zero a scale, print, send an order).
 
     ``execute`` returns a short detail for the command result; it raises
-    CommandRejected or CommandFailed. The router calls it at most once per command key.
+    CommandRejected or CommandFailed. The router calls it at most once per command key,
+    and passes that key in ``args["key"]`` (a printer keeps it to never print twice).
     """
 
     async def execute(self, action: str, args: dict[str, Any]) -> str: ...

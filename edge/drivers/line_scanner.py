@@ -15,7 +15,7 @@ import serial
 import serial_asyncio
 import structlog
 
-from warelink.edge.config import LineScannerConfig
+from warelink.edge.device_config import LineScannerConfig
 from warelink.edge.drivers.base import Backoff, Emit
 from warelink.protocol.gs1 import Gs1Scan, LineDecoder, Malformed
 from warelink.protocol.messages import (

@@ -18,7 +18,7 @@ import serial
 import serial_asyncio
 import structlog
 
-from warelink.edge.config import MtSicsScaleConfig
+from warelink.edge.device_config import MtSicsScaleConfig
 from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit
 from warelink.protocol.messages import DeviceState, DeviceStatus, TrafficClass, WeightReading
 from warelink.protocol.mtsics import (

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from warelink.edge.config import ConfigError, LineScannerConfig, MtSicsScaleConfig, load_site_config
+from warelink.edge.config import ConfigError, load_site_config
+from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
 
 GOOD = """
 [gateway]

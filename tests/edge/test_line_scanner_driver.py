@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from structlog.testing import capture_logs
 
-from warelink.edge.config import LineScannerConfig
+from warelink.edge.device_config import LineScannerConfig
 from warelink.edge.drivers.base import Backoff
 from warelink.edge.drivers.line_scanner import LineScannerDriver
 from warelink.protocol.gs1 import LineDecoder, Malformed

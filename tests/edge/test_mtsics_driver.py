@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from warelink.edge.config import MtSicsScaleConfig
+from warelink.edge.device_config import MtSicsScaleConfig
 from warelink.edge.drivers.mtsics_scale import MtSicsScaleDriver, ScaleCommandError
 from warelink.protocol.messages import (
     DeviceState,
