@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig, StrictModel
+from warelink.edge.drivers.modbus import ModbusDeviceConfig, ModbusScaleConfig
 from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
 from warelink.protocol.topics import check_name
 
@@ -45,10 +46,14 @@ class GatewayConfig(StrictModel):
 
 
 DeviceConfig = Annotated[
-    MtSicsScaleConfig | LineScannerConfig | ZplPrinterConfig,
+    MtSicsScaleConfig
+    | LineScannerConfig
+    | ZplPrinterConfig
+    | ModbusScaleConfig
+    | ModbusDeviceConfig,
     Field(discriminator="kind"),
 ]
-DEVICE_KINDS = {"mtsics_scale", "line_scanner", "zpl_printer"}
+DEVICE_KINDS = {"mtsics_scale", "line_scanner", "zpl_printer", "modbus_scale", "modbus_device"}
 
 
 class SiteConfig(StrictModel):

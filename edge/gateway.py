@@ -11,9 +11,17 @@ from pathlib import Path
 import structlog
 
 from warelink.edge.commands import CommandRouter
-from warelink.edge.config import DeviceConfig, SiteConfig
+from warelink.edge.config import ConfigError, DeviceConfig, SiteConfig
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
 from warelink.edge.drivers.base import Driver, Emit
+from warelink.edge.drivers.modbus import (
+    ModbusBusConflict,
+    ModbusBuses,
+    ModbusDeviceConfig,
+    ModbusDeviceDriver,
+    ModbusScaleConfig,
+    ModbusScaleDriver,
+)
 from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
 from warelink.edge.metrics import serve_metrics
 from warelink.edge.outbox import Outbox, OutboxPolicy, Pressure
@@ -26,8 +34,16 @@ OUTBOX_FILE = "outbox.sqlite3"
 HOUSEKEEPING_S = 1.0
 
 
-def make_driver(device: DeviceConfig, emit: Emit, *, data_dir: Path) -> Driver:
-    """The driver of a declared device; ``data_dir`` holds what a driver keeps on disk."""
+def make_driver(device: DeviceConfig, emit: Emit, *, data_dir: Path, buses: ModbusBuses) -> Driver:
+    """The driver of a declared device.
+
+    ``data_dir`` holds what a driver keeps on disk; ``buses`` gives the Modbus devices of
+    one physical bus one client and one lock.
+    """
+    if isinstance(device, ModbusScaleConfig):
+        return ModbusScaleDriver(device, emit, buses=buses)
+    if isinstance(device, ModbusDeviceConfig):
+        return ModbusDeviceDriver(device, emit, buses=buses)
     # Imported here so a gateway loads only the drivers its site declares.
     if isinstance(device, ZplPrinterConfig):
         from warelink.edge.drivers.zpl_printer import ZplPrinterDriver
@@ -63,10 +79,14 @@ class Gateway:
                 synchronous=gw.synchronous,
             ),
         )
-        self.drivers = {
-            device.id: make_driver(device, self.outbox.add, data_dir=gw.data_dir)
-            for device in config.devices
-        }
+        buses = ModbusBuses()
+        try:
+            self.drivers = {
+                device.id: make_driver(device, self.outbox.add, data_dir=gw.data_dir, buses=buses)
+                for device in config.devices
+            }
+        except ModbusBusConflict as exc:  # two devices disagree about one bus's settings
+            raise ConfigError(f"devices: {exc}") from None
         self.router = CommandRouter(self.outbox, self.drivers)
         self.uplink = Uplink(
             gw,

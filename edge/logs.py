@@ -28,3 +28,5 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    # pymodbus logs an ERROR on every timeout; the drivers log the state changes instead.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -22,6 +22,7 @@ import httpx
 
 from warelink.edge.config import load_site_config
 from warelink.hub.settings import HubSettings
+from warelink.protocol.gs1 import check_digit
 
 SITE_TEMPLATE = """\
 # A simulated site for `warelink demo`; `warelink sim run` makes these devices on ptys.
@@ -41,6 +42,13 @@ id = "dock-scanner-1"
 kind = "line_scanner"
 port = "{dev}/dock-scanner-1"
 purpose = "receive"
+location = "DOCK-1"
+
+[[devices]]
+id = "dock-printer-1"
+kind = "zpl_printer"
+host = "127.0.0.1"
+port = {printer_port}
 location = "DOCK-1"
 
 [[devices]]
@@ -68,10 +76,18 @@ def site_configs(directory: Path, count: int) -> list[Path]:
         path = directory / f"{name}.toml"
         if not path.exists():
             dev = (directory / name / "dev").resolve()
-            path.write_text(SITE_TEMPLATE.format(site=name, dev=dev))
+            text = SITE_TEMPLATE.format(site=name, dev=dev, printer_port=free_port())
+            path.write_text(text)
         load_site_config(path)  # fail early, with the file and key, if someone edited it badly
         paths.append(path)
     return paths
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -125,6 +141,36 @@ async def wait_ready(url: str, hub: Child) -> None:
             await asyncio.sleep(0.2)
 
 
+async def clerk(url: str, sites: list[str], interval_s: float = 15.0) -> None:
+    """A clerk at each dock printing a pallet label for the latest receipt, now and then:
+    the hub sends the print command through the site's gateway to its label printer."""
+    n = 0
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        while True:
+            await asyncio.sleep(interval_s)
+            site = sites[n % len(sites)]
+            n += 1
+            with contextlib.suppress(httpx.HTTPError):
+                lines = (await http.get(f"/api/v1/sites/{site}/stock")).json()["lines"]
+                dock = [line for line in lines if line["location"] == "DOCK-1"]
+                if not dock:
+                    continue
+                line = dock[-1]
+                sscc = sscc_for(site, n)
+                await http.post(
+                    f"/api/v1/sites/{site}/devices/dock-printer-1/commands",
+                    json={"action": "print_sscc_label", "expires_in_s": 120,
+                          "args": {"sscc": sscc, "gtin": line["sku"], "lot": line["lot"],
+                                   "quantity": int(line["quantity"]) or 1,
+                                   "ship_to": f"Customer {n % 7 + 1}"}},
+                )  # fmt: skip
+
+
+def sscc_for(site: str, n: int) -> str:
+    body = f"0{95060000:08d}{(abs(hash(site)) + n) % 10**8:08d}"[:17]
+    return body + str(check_digit(body))
+
+
 async def run_demo(directory: Path, sites: int, duration: float) -> int:
     settings = HubSettings()
     if port_in_use(settings.http_host, settings.http_port):
@@ -154,6 +200,7 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
             for child in [*sims, *edges]:
                 await child.start()
                 tasks.create_task(watch(child), name=f"relay-{child.name}")
+            clerking = tasks.create_task(clerk(url, [p.stem for p in configs]), name="demo-clerk")
             print(
                 f"\nwarelink demo is up: {len(configs)} sites, dashboard at {url}/"
                 f"\n  API: {url}/docs   gateways: {url}/api/v1/gateways"
@@ -164,6 +211,7 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
                 await asyncio.sleep(duration if duration > 0 else float("inf"))
             finally:
                 stopping = True
+                clerking.cancel()
                 for group in (edges, sims, [hub]):
                     await asyncio.gather(*(child.stop() for child in group))
     except* RuntimeError as failure:

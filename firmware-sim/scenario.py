@@ -18,8 +18,10 @@ import structlog
 
 from warelink.edge.config import SiteConfig
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
+from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
 from warelink.sim.scale import SimulatedScale
 from warelink.sim.scanner import ReceiptLabel, SimulatedLineScanner
+from warelink.sim.zpl_printer import SimulatedZplPrinter
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +56,7 @@ class DockScenario:
         self.truth = ScenarioLog()
         self.scales: dict[str, SimulatedScale] = {}
         self.scanners: dict[str, SimulatedLineScanner] = {}
+        self.printers: dict[str, SimulatedZplPrinter] = {}
         self.docks: list[Dock] = []
 
     async def run(self) -> None:
@@ -78,12 +81,18 @@ class DockScenario:
                 elif isinstance(device, LineScannerConfig):
                     scanner = SimulatedLineScanner(device.port, seed=self.rng.randrange(2**32))
                     self.scanners[device.id] = await stack.enter_async_context(scanner)
+                elif isinstance(device, ZplPrinterConfig):
+                    printer = SimulatedZplPrinter(
+                        random.Random(self.rng.random()), host=device.host, port=device.port
+                    )
+                    self.printers[device.id] = await stack.enter_async_context(printer)
             self.docks = self._docks()
             log.info(
                 "sim.devices_up",
                 site=self.config.gateway.site,
                 scales=len(self.scales),
                 scanners=len(self.scanners),
+                printers=len(self.printers),
                 docks=len(self.docks),
             )
             yield self
