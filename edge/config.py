@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig, StrictModel
+from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
 from warelink.edge.drivers.modbus import ModbusDeviceConfig, ModbusScaleConfig
 from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
 from warelink.protocol.topics import check_name
@@ -50,10 +51,14 @@ DeviceConfig = Annotated[
     | LineScannerConfig
     | ZplPrinterConfig
     | ModbusScaleConfig
-    | ModbusDeviceConfig,
+    | ModbusDeviceConfig
+    | LlrpReaderConfig,
     Field(discriminator="kind"),
 ]
-DEVICE_KINDS = {"mtsics_scale", "line_scanner", "zpl_printer", "modbus_scale", "modbus_device"}
+DEVICE_KINDS = {
+    "mtsics_scale", "line_scanner", "zpl_printer", "modbus_scale", "modbus_device",
+    "llrp_reader",
+}  # fmt: skip
 
 
 class SiteConfig(StrictModel):

@@ -14,6 +14,7 @@ from warelink.edge.commands import CommandRouter
 from warelink.edge.config import ConfigError, DeviceConfig, SiteConfig
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
 from warelink.edge.drivers.base import Driver, Emit
+from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
 from warelink.edge.drivers.modbus import (
     ModbusBusConflict,
     ModbusBuses,
@@ -45,6 +46,10 @@ def make_driver(device: DeviceConfig, emit: Emit, *, data_dir: Path, buses: Modb
     if isinstance(device, ModbusDeviceConfig):
         return ModbusDeviceDriver(device, emit, buses=buses)
     # Imported here so a gateway loads only the drivers its site declares.
+    if isinstance(device, LlrpReaderConfig):
+        from warelink.edge.drivers.llrp_reader import LlrpReaderDriver
+
+        return LlrpReaderDriver(device, emit)
     if isinstance(device, ZplPrinterConfig):
         from warelink.edge.drivers.zpl_printer import ZplPrinterDriver
 
