@@ -23,6 +23,8 @@ from warelink.edge.gateway import Gateway, running
 from warelink.protocol import wire
 from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import (
+    Birth,
+    Death,
     Event,
     EventBatch,
     Receipt,
@@ -222,3 +224,32 @@ async def test_a_replaced_gateway_box_continues_past_what_the_hub_has(
     assert row["events_received"] == 10 and row["duplicates_dropped"] == 0
     stock = await hub.get("/api/v1/sites/site-n/stock")
     assert stock["lines"][0]["quantity"] == 10.0
+
+
+async def test_a_death_from_an_older_session_is_ignored(hub: HubProcess, mqtt_prefix: str) -> None:
+    topics = Topics(mqtt_prefix)
+
+    async def online() -> bool:
+        return bool((await gateway_row(hub, "gw-s")).get("online"))
+
+    async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as client:
+        birth = Birth(gateway="gw-s", site="site-s", session=2, last_seq=0)
+        await client.publish(
+            topics.gateway("site-s", "gw-s", Kind.BIRTH), wire.encode(birth), qos=1
+        )
+        await until(online)
+        stale = Death(gateway="gw-s", session=1)  # a Will from the connection before
+        await client.publish(
+            topics.gateway("site-s", "gw-s", Kind.DEATH), wire.encode(stale), qos=1
+        )
+        current = Death(gateway="gw-s", session=2)
+        await asyncio.sleep(0.5)
+        assert await online()
+        await client.publish(
+            topics.gateway("site-s", "gw-s", Kind.DEATH), wire.encode(current), qos=1
+        )
+
+    async def offline() -> bool:
+        return not await online()
+
+    await until(offline)
