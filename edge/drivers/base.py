@@ -13,9 +13,11 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from warelink.protocol.backoff import Backoff
-from warelink.protocol.messages import EventBody, TrafficClass
+from warelink.protocol.messages import DeviceState, DeviceStatus, EventBody, TrafficClass
 
-__all__ = ["Backoff", "CommandFailed", "CommandRejected", "Commandable", "Driver", "Emit"]
+__all__ = [
+    "Backoff", "CommandFailed", "CommandRejected", "Commandable", "Driver", "Emit", "Presence",
+]  # fmt: skip
 
 
 class Emit(Protocol):
@@ -53,3 +55,43 @@ class Commandable(Protocol):
     """
 
     async def execute(self, action: str, args: dict[str, Any]) -> str: ...
+
+
+class Presence:
+    """A device's online/offline state as its driver sees it.
+
+    Every driver reports the same way: a change is logged once (``<kind>.online`` at
+    info, ``<kind>.offline`` at warning, with the reason) and emitted once as a telemetry
+    ``DeviceStatus``; repeating the state is silent, so a device that stays away makes no
+    log storm however often its driver retries.
+    """
+
+    def __init__(self, device_id: str, emit: Emit, log: Any, kind: str) -> None:
+        self.device_id = device_id
+        self.emit = emit
+        self.log = log
+        self.kind = kind
+        self.state: DeviceState | None = None  # None until the first attempt tells
+
+    @property
+    def online(self) -> bool:
+        return self.state is DeviceState.ONLINE
+
+    async def up(self, **context: Any) -> bool:
+        """Mark the device online; True if that is a change."""
+        if self.state is DeviceState.ONLINE:
+            return False
+        self.state = DeviceState.ONLINE
+        self.log.info(f"{self.kind}.online", **context)
+        await self.emit(self.device_id, TrafficClass.TELEMETRY, DeviceStatus(DeviceState.ONLINE))
+        return True
+
+    async def down(self, reason: str, **context: Any) -> bool:
+        """Mark the device offline; True if that is a change."""
+        if self.state is DeviceState.OFFLINE:
+            return False
+        self.state = DeviceState.OFFLINE
+        self.log.warning(f"{self.kind}.offline", reason=reason, **context)
+        status = DeviceStatus(DeviceState.OFFLINE, detail=reason)
+        await self.emit(self.device_id, TrafficClass.TELEMETRY, status)
+        return True

@@ -16,11 +16,9 @@ import serial_asyncio
 import structlog
 
 from warelink.edge.device_config import LineScannerConfig
-from warelink.edge.drivers.base import Backoff, Emit
+from warelink.edge.drivers.base import Backoff, Emit, Presence
 from warelink.protocol.gs1 import Gs1Scan, LineDecoder, Malformed
 from warelink.protocol.messages import (
-    DeviceState,
-    DeviceStatus,
     Receipt,
     Scan,
     TrafficClass,
@@ -52,7 +50,7 @@ class LineScannerDriver:
         self._backoff = backoff or Backoff()
         self._garbage_quiet_s = garbage_quiet_s
         self._log = structlog.get_logger(__name__).bind(device=config.id)
-        self._state: DeviceState | None = None
+        self._presence = Presence(config.id, emit, self._log, "scanner")
         self._bad_lines = 0
         self._bad_sample: tuple[str, bytes] | None = None
 
@@ -63,13 +61,13 @@ class LineScannerDriver:
                     url=self.config.port, baudrate=self.config.baudrate
                 )
             except (serial.SerialException, OSError) as exc:
-                await self._set_state(DeviceState.OFFLINE, f"cannot open port: {exc}")
+                await self._presence.down(f"cannot open port: {exc}", port=self.config.port)
                 await asyncio.sleep(self._backoff.next_delay())
                 continue
             detail = "port closed"
             try:
                 self._backoff.reset()
-                await self._set_state(DeviceState.ONLINE, "")
+                await self._presence.up(port=self.config.port)
                 await self._read(reader)
             except (serial.SerialException, OSError) as exc:
                 detail = f"port lost: {exc}"
@@ -78,7 +76,7 @@ class LineScannerDriver:
                 writer.close()
                 with contextlib.suppress(serial.SerialException, OSError):
                     await writer.wait_closed()
-            await self._set_state(DeviceState.OFFLINE, detail)
+            await self._presence.down(detail, port=self.config.port)
             await asyncio.sleep(self._backoff.next_delay())
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -143,13 +141,3 @@ class LineScannerDriver:
         )
         self._bad_lines = 0
         self._bad_sample = None
-
-    async def _set_state(self, state: DeviceState, detail: str) -> None:
-        if state == self._state:
-            return
-        self._state = state
-        if state == DeviceState.ONLINE:
-            self._log.info("scanner online", port=self.config.port)
-        else:
-            self._log.warning("scanner offline", port=self.config.port, detail=detail)
-        await self._emit(self.device_id, TrafficClass.TELEMETRY, DeviceStatus(state, detail))

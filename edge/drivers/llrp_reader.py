@@ -37,7 +37,7 @@ import structlog
 from pydantic import Field, model_validator
 
 from warelink.edge.device_config import StrictModel, TcpDevice
-from warelink.edge.drivers.base import Backoff, Emit
+from warelink.edge.drivers.base import Backoff, Emit, Presence
 from warelink.protocol.epc import EpcDecodeError, decode_epc
 from warelink.protocol.llrp import (
     Action,
@@ -55,8 +55,6 @@ from warelink.protocol.llrp import (
     TagReport,
 )
 from warelink.protocol.messages import (
-    DeviceState,
-    DeviceStatus,
     Receipt,
     Shipment,
     TagRead,
@@ -135,7 +133,7 @@ class LlrpReaderDriver:
         self._log = structlog.get_logger(__name__).bind(
             device=config.id, reader=f"{config.host}:{config.port}"
         )
-        self._state: DeviceState | None = None
+        self._presence = Presence(config.id, emit, self._log, "reader")
         self._smoother = ZoneSmoother(
             config.antennas,
             min_reads=config.min_reads,
@@ -180,7 +178,7 @@ class LlrpReaderDriver:
                         self.config.host, self.config.port
                     )
             except (OSError, TimeoutError) as exc:
-                await self._set_state(DeviceState.OFFLINE, f"cannot connect: {exc!r}")
+                await self._presence.down(f"cannot connect: {exc!r}")
                 await asyncio.sleep(self._backoff.next_delay())
                 continue
             detail = "connection closed by the reader"
@@ -202,7 +200,7 @@ class LlrpReaderDriver:
                 writer.close()
                 with contextlib.suppress(OSError, ConnectionError):
                     await writer.wait_closed()
-            await self._set_state(DeviceState.OFFLINE, detail)
+            await self._presence.down(detail)
             await asyncio.sleep(self._backoff.next_delay())
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -258,7 +256,7 @@ class LlrpReaderDriver:
                     self._running = True
                     self._resume_clock()
                     self._backoff.reset()
-                    await self._set_state(DeviceState.ONLINE, "")
+                    await self._presence.up()
                 case Deliver(report=report):
                     await self._on_report(report)
                 case Capabilities(general=general) if general is not None:
@@ -329,16 +327,6 @@ class LlrpReaderDriver:
         elif transition.change is ZoneChange.DEPARTED and transition.zone == portal.ship_zone:
             shipment = Shipment(location=portal.location, gtin=gtin, quantity=1, serial=serial)
             await self._emit(self.device_id, TrafficClass.LEDGER, shipment)
-
-    async def _set_state(self, state: DeviceState, detail: str) -> None:
-        if state == self._state:
-            return
-        self._state = state
-        if state == DeviceState.ONLINE:
-            self._log.info("reader online")
-        else:
-            self._log.warning("reader offline", detail=detail)
-        await self._emit(self.device_id, TrafficClass.TELEMETRY, DeviceStatus(state, detail))
 
 
 __all__ = ["LlrpReaderConfig", "LlrpReaderDriver", "PortalConfig"]

@@ -33,11 +33,9 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from warelink.edge.device_config import DeviceBase
-from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit
+from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit, Presence
 from warelink.protocol.messages import (
     AgvState,
-    DeviceState,
-    DeviceStatus,
     Telemetry,
     TrafficClass,
     WeightReading,
@@ -622,7 +620,7 @@ class _ModbusDriverBase:
         self._emit = emit
         self._log = structlog.get_logger(__name__).bind(device=config.id, bus=self.bus.key)
         self._backoff = Backoff(initial=max(config.poll_interval_s, 0.1), cap=5.0)
-        self._online: bool | None = None
+        self._presence = Presence(config.id, emit, self._log, "modbus")
         self._failures = 0
 
     async def run(self) -> None:
@@ -638,7 +636,8 @@ class _ModbusDriverBase:
                 else:
                     self.polls += 1
                     self._failures = 0
-                    await self._set_online()
+                    if await self._presence.up(unit=self.config.unit_id):
+                        self._backoff.reset()
                     await asyncio.sleep(self.config.poll_interval_s)
 
     async def _poll(self) -> None:
@@ -647,7 +646,7 @@ class _ModbusDriverBase:
     async def _failed(self, detail: str, *, at_once: bool) -> None:
         self._failures += 1
         if at_once or self._failures >= self.config.offline_after:
-            await self._set_offline(detail)
+            await self._presence.down(detail, unit=self.config.unit_id)
             await asyncio.sleep(self._backoff.next_delay())
         else:
             await asyncio.sleep(self.config.poll_interval_s)
@@ -672,27 +671,6 @@ class _ModbusDriverBase:
             await self.bus.write(self.config.unit_id, register, words)
         except ModbusBusError as exc:
             raise CommandFailed(str(exc)) from None
-
-    async def _set_online(self) -> None:
-        if self._online is True:
-            return
-        self._backoff.reset()
-        self._online = True
-        self._log.info("modbus.online", unit=self.config.unit_id)
-        await self._emit(
-            self.device_id, TrafficClass.TELEMETRY, DeviceStatus(state=DeviceState.ONLINE)
-        )
-
-    async def _set_offline(self, detail: str) -> None:
-        if self._online is False:
-            return
-        self._online = False
-        self._log.warning("modbus.offline", unit=self.config.unit_id, reason=detail)
-        await self._emit(
-            self.device_id,
-            TrafficClass.TELEMETRY,
-            DeviceStatus(state=DeviceState.OFFLINE, detail=detail),
-        )
 
 
 class ModbusScaleDriver(_ModbusDriverBase):

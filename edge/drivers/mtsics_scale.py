@@ -19,8 +19,8 @@ import serial_asyncio
 import structlog
 
 from warelink.edge.device_config import MtSicsScaleConfig
-from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit
-from warelink.protocol.messages import DeviceState, DeviceStatus, TrafficClass, WeightReading
+from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit, Presence
+from warelink.protocol.messages import TrafficClass, WeightReading
 from warelink.protocol.mtsics import (
     CommandCode,
     CommandRefused,
@@ -96,7 +96,7 @@ class MtSicsScaleDriver:
         self._lock = asyncio.Lock()  # one request outstanding on the line
         self._writer: asyncio.StreamWriter | None = None
         self._lines: asyncio.Queue[Response | Malformed] = asyncio.Queue()
-        self._online: bool | None = None  # None: not known yet
+        self._presence = Presence(config.id, emit, self._log, "mtsics")
         self._garbage_lines = 0
         self._garbage_reason = ""
         self._last_rx_at = -float("inf")  # loop time of the last bytes from the scale
@@ -109,7 +109,7 @@ class MtSicsScaleDriver:
         """Talk to the scale until cancelled; reconnects with backoff, never raises."""
         while True:
             detail = await self._session()
-            await self._set_offline(detail)
+            await self._presence.down(detail, port=self.config.port)
             await asyncio.sleep(self._backoff.next_delay())
 
     async def zero(self) -> None:
@@ -207,7 +207,8 @@ class MtSicsScaleDriver:
                     raise _ScaleSilent(f"{lost} requests in a row got no valid answer") from None
             else:
                 lost = 0
-                await self._set_online()
+                if await self._presence.up(port=self.config.port):
+                    self._backoff.reset()
                 await self._on_weight(resp)
             await asyncio.sleep(self.config.poll_interval_s)
 
@@ -289,27 +290,6 @@ class MtSicsScaleDriver:
                 await self._emit(self.device_id, TrafficClass.TELEMETRY, reading)
             return
         await self._emit(self.device_id, TrafficClass.LEDGER, reading)
-
-    async def _set_online(self) -> None:
-        if self._online is True:
-            return
-        self._backoff.reset()
-        self._online = True
-        self._log.info("mtsics.online", port=self.config.port)
-        await self._emit(
-            self.device_id, TrafficClass.TELEMETRY, DeviceStatus(state=DeviceState.ONLINE)
-        )
-
-    async def _set_offline(self, detail: str) -> None:
-        if self._online is False:
-            return
-        self._online = False
-        self._log.warning("mtsics.offline", port=self.config.port, reason=detail)
-        await self._emit(
-            self.device_id,
-            TrafficClass.TELEMETRY,
-            DeviceStatus(state=DeviceState.OFFLINE, detail=detail),
-        )
 
 
 def _describe(resp: Response) -> str:

@@ -34,8 +34,8 @@ import structlog
 from pydantic import Field
 
 from warelink.edge.device_config import TcpDevice
-from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit
-from warelink.protocol.messages import DeviceState, DeviceStatus, PrinterState, TrafficClass
+from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit, Presence
+from warelink.protocol.messages import PrinterState, TrafficClass
 from warelink.protocol.zpl import (
     HOST_STATUS_REQUEST,
     HostStatus,
@@ -190,7 +190,7 @@ class ZplPrinterDriver:
         self._print_lock = asyncio.Lock()  # one job at a time, journal included
         self._writer: asyncio.StreamWriter | None = None
         self._statuses: asyncio.Queue[HostStatus | _Closed] = asyncio.Queue()
-        self._online: bool | None = None
+        self._presence = Presence(config.id, emit, self._log, "zpl")
         self._state: PrinterState | None = None
         self.status: HostStatus | None = None  # the last answer, None after a time-out
 
@@ -226,7 +226,8 @@ class ZplPrinterDriver:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._statuses = asyncio.Queue()
         self._writer = writer
-        await self._set_online()
+        if await self._presence.up():
+            self._backoff.reset()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(reader), name=f"{self.device_id}-read")
@@ -316,28 +317,10 @@ class ZplPrinterDriver:
             self._log.warning("zpl.fault", faults=state.faults)
         await self._emit(self.device_id, TrafficClass.TELEMETRY, state)
 
-    async def _set_online(self) -> None:
-        if self._online is True:
-            return
-        self._online = True
-        self._backoff.reset()
-        self._log.info("zpl.online")
-        await self._emit(
-            self.device_id, TrafficClass.TELEMETRY, DeviceStatus(state=DeviceState.ONLINE)
-        )
-
     async def _set_offline(self, detail: str) -> None:
         self._state = None  # the printer's condition is reported afresh once back
         self.status = None
-        if self._online is False:
-            return
-        self._online = False
-        self._log.warning("zpl.offline", reason=detail)
-        await self._emit(
-            self.device_id,
-            TrafficClass.TELEMETRY,
-            DeviceStatus(state=DeviceState.OFFLINE, detail=detail),
-        )
+        await self._presence.down(detail)
 
     async def _status_summary(self) -> str:
         try:

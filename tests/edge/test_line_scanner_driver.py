@@ -200,9 +200,9 @@ async def test_offline_once_then_online_again_at_the_same_path(tmp_path: Path) -
     assert collector.bodies(Receipt)[1].sscc == label.sscc
     events = [(entry["log_level"], entry["event"]) for entry in logs]
     assert events == [
-        ("info", "scanner online"),
-        ("warning", "scanner offline"),
-        ("info", "scanner online"),
+        ("info", "scanner.online"),
+        ("warning", "scanner.offline"),
+        ("info", "scanner.online"),
     ]
 
 

@@ -243,9 +243,9 @@ async def test_dropped_connection_is_offline_once_then_online_again() -> None:
         if e.get("device") == "dock-1-portal" and e["log_level"] != "debug"
     ]
     assert events == [
-        ("info", "reader online"),
-        ("warning", "reader offline"),
-        ("info", "reader online"),
+        ("info", "reader.online"),
+        ("warning", "reader.offline"),
+        ("info", "reader.online"),
     ]
 
 
