@@ -10,11 +10,12 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig, StrictModel
 from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
 from warelink.edge.drivers.modbus import ModbusDeviceConfig, ModbusScaleConfig
+from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
 from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
 from warelink.protocol.topics import check_name
 
@@ -52,12 +53,13 @@ DeviceConfig = Annotated[
     | ZplPrinterConfig
     | ModbusScaleConfig
     | ModbusDeviceConfig
-    | LlrpReaderConfig,
+    | LlrpReaderConfig
+    | Vda5050AgvConfig,
     Field(discriminator="kind"),
 ]
 DEVICE_KINDS = {
     "mtsics_scale", "line_scanner", "zpl_printer", "modbus_scale", "modbus_device",
-    "llrp_reader",
+    "llrp_reader", "vda5050_agv",
 }  # fmt: skip
 
 
@@ -107,8 +109,16 @@ def load_site_config(path: str | Path) -> SiteConfig:
     except ValidationError as exc:
         problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from None
-    data_dir = config.gateway.data_dir
-    if not data_dir.is_absolute():
-        gateway = config.gateway.model_copy(update={"data_dir": (path.parent / data_dir).resolve()})
-        config = config.model_copy(update={"gateway": gateway})
-    return config
+    here = path.parent
+    gateway = config.gateway.model_copy(update=_paths_from(here, config.gateway))
+    devices = [device.model_copy(update=_paths_from(here, device)) for device in config.devices]
+    return config.model_copy(update={"gateway": gateway, "devices": devices})
+
+
+def _paths_from(here: Path, model: BaseModel) -> dict[str, Path]:
+    """Relative paths in a config (data_dir, graph_file, …) are relative to its file."""
+    return {
+        name: (here / value).resolve()
+        for name, value in model
+        if isinstance(value, Path) and not value.is_absolute()
+    }

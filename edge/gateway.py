@@ -23,6 +23,7 @@ from warelink.edge.drivers.modbus import (
     ModbusScaleConfig,
     ModbusScaleDriver,
 )
+from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
 from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
 from warelink.edge.metrics import serve_metrics
 from warelink.edge.outbox import Outbox, OutboxPolicy, Pressure
@@ -50,6 +51,10 @@ def make_driver(device: DeviceConfig, emit: Emit, *, data_dir: Path, buses: Modb
         from warelink.edge.drivers.llrp_reader import LlrpReaderDriver
 
         return LlrpReaderDriver(device, emit)
+    if isinstance(device, Vda5050AgvConfig):
+        from warelink.edge.drivers.vda5050_agv import Vda5050AgvDriver
+
+        return Vda5050AgvDriver(device, emit)
     if isinstance(device, ZplPrinterConfig):
         from warelink.edge.drivers.zpl_printer import ZplPrinterDriver
 
