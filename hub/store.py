@@ -151,11 +151,12 @@ async def record_birth(
     )
     cur = await conn.execute(
         "UPDATE gateways SET session = %s, online = true, birth_last_seq = %s,"
-        " last_seen_at = now() WHERE id = %s AND session <= %s RETURNING acked_seq",
-        (session, last_seq, gateway, session),
+        " last_seen_at = now() WHERE id = %s AND site = %s AND session <= %s"
+        " RETURNING acked_seq",
+        (session, last_seq, gateway, site, session),
     )
     row = await cur.fetchone()
-    if row is None:  # a birth older than the session we know: only report the watermark
+    if row is None:  # an older session, or the id under another site: only report
         cur = await conn.execute("SELECT acked_seq FROM gateways WHERE id = %s", (gateway,))
         row = await cur.fetchone()
     assert row is not None
