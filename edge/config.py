@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig, StrictModel
+from warelink.edge.drivers.ble import BleScaleConfig, BleScannerConfig
 from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
 from warelink.edge.drivers.modbus import ModbusDeviceConfig, ModbusScaleConfig
 from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
@@ -54,12 +55,14 @@ DeviceConfig = Annotated[
     | ModbusScaleConfig
     | ModbusDeviceConfig
     | LlrpReaderConfig
-    | Vda5050AgvConfig,
+    | Vda5050AgvConfig
+    | BleScaleConfig
+    | BleScannerConfig,
     Field(discriminator="kind"),
 ]
 DEVICE_KINDS = {
     "mtsics_scale", "line_scanner", "zpl_printer", "modbus_scale", "modbus_device",
-    "llrp_reader", "vda5050_agv",
+    "llrp_reader", "vda5050_agv", "ble_scale", "ble_scanner",
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from warelink.edge.commands import CommandRouter
 from warelink.edge.config import ConfigError, DeviceConfig, SiteConfig
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
 from warelink.edge.drivers.base import Driver, Emit
+from warelink.edge.drivers.ble import BleScaleConfig, BleScannerConfig
 from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
 from warelink.edge.drivers.modbus import (
     ModbusBusConflict,
@@ -51,6 +52,14 @@ def make_driver(device: DeviceConfig, emit: Emit, *, data_dir: Path, buses: Modb
         from warelink.edge.drivers.llrp_reader import LlrpReaderDriver
 
         return LlrpReaderDriver(device, emit)
+    if isinstance(device, BleScaleConfig):
+        from warelink.edge.drivers.ble import BleScaleDriver
+
+        return BleScaleDriver(device, emit)
+    if isinstance(device, BleScannerConfig):
+        from warelink.edge.drivers.ble import BleScannerDriver
+
+        return BleScannerDriver(device, emit)
     if isinstance(device, Vda5050AgvConfig):
         from warelink.edge.drivers.vda5050_agv import Vda5050AgvDriver
 

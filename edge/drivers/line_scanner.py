@@ -17,9 +17,9 @@ import structlog
 
 from warelink.edge.device_config import LineScannerConfig
 from warelink.edge.drivers.base import Backoff, Emit, Presence
+from warelink.edge.drivers.scan_events import scan_to_event
 from warelink.protocol.gs1 import Gs1Scan, LineDecoder, Malformed
 from warelink.protocol.messages import (
-    Receipt,
     Scan,
     TrafficClass,
 )
@@ -105,24 +105,10 @@ class LineScannerDriver:
             self._bad_line("not a GS1 scan", item.raw.encode())
         else:
             self._flush_bad_lines()
-        gtin = item.gtin or item.content_gtin
-        if receiving and gtin and item.count != 0:
-            assert self.config.location is not None  # checked in __init__
-            receipt = Receipt(
-                location=self.config.location,
-                gtin=gtin,
-                quantity=1 if item.count is None else item.count,
-                lot=item.lot,
-                expiry=item.expiry,
-                sscc=item.sscc,
-                serial=item.serial,
-            )
-            await self._emit(self.device_id, TrafficClass.LEDGER, receipt)
-            return
-        if receiving and gtin:
+        event = scan_to_event(item, purpose=self.config.purpose, location=self.config.location)
+        if receiving and isinstance(event, Scan) and (item.gtin or item.content_gtin):
             self._log.warning("receipt scan with count 0, sent as a plain scan", raw=item.raw)
-        scan = Scan(raw=item.raw, symbology=item.symbology, elements=dict(item.elements))
-        await self._emit(self.device_id, TrafficClass.LEDGER, scan)
+        await self._emit(self.device_id, TrafficClass.LEDGER, event)
 
     def _bad_line(self, reason: str, data: bytes) -> None:
         if not self._bad_lines:
