@@ -85,6 +85,7 @@ class Uplink:
         self._tail: int | None = None
         self._backlog_end = 0
         self._birth_answered = True
+        self._announced_at = 0.0
         self._session_no = 0
         self._rewinds = 0
         self._last_progress = time.monotonic()
@@ -197,6 +198,7 @@ class Uplink:
             devices=self.devices,
         )
         self._birth_answered = False
+        self._announced_at = time.monotonic()
         await client.publish(self._topic(Kind.BIRTH), wire.encode(birth), qos=1)
 
     async def _on_ack(self, seq: int) -> None:
@@ -237,6 +239,9 @@ class Uplink:
             )
             if not ready:
                 self._check_ack_timeout()
+                unanswered = time.monotonic() - self._announced_at > self.config.ack_timeout_s
+                if self.stats.hub_online and not self._birth_answered and unanswered:
+                    await self._announce(client)  # the birth or its answer got lost: again
                 await self._idle()
                 continue
             if self._tail is None and last - self._cursor > live_ahead_after:
