@@ -41,6 +41,9 @@ class GatewayConfig(StrictModel):
     disk_budget_mb: float = Field(1024.0, gt=0, description="Outbox file size at most.")
     stats_interval_s: float = Field(10.0, gt=0, description="Counters to the hub this often.")
     metrics: str | None = Field(None, description="host:port for Prometheus /metrics.")
+    handheld_api: str | None = Field(
+        None, description="host:port of the local HTTP API for handhelds (works offline)."
+    )
 
     @field_validator("id", "site")
     @classmethod

@@ -26,6 +26,7 @@ from warelink.edge.drivers.modbus import (
 )
 from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
 from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
+from warelink.edge.handheld import HandheldApi, LatestWeights, serve_handheld_api
 from warelink.edge.metrics import serve_metrics
 from warelink.edge.outbox import Outbox, OutboxPolicy, Pressure
 from warelink.edge.settings import EdgeSettings
@@ -99,9 +100,11 @@ class Gateway:
             ),
         )
         buses = ModbusBuses()
+        self.weights = LatestWeights()  # for the handhelds' verify
+        emit = self.weights.wrap(self.outbox.add)
         try:
             self.drivers = {
-                device.id: make_driver(device, self.outbox.add, data_dir=gw.data_dir, buses=buses)
+                device.id: make_driver(device, emit, data_dir=gw.data_dir, buses=buses)
                 for device in config.devices
             }
         except ModbusBusConflict as exc:  # two devices disagree about one bus's settings
@@ -124,6 +127,11 @@ class Gateway:
             )
             tasks.create_task(self.uplink.run(), name=f"uplink-{gw.id}")
             tasks.create_task(self._housekeeping(), name=f"housekeeping-{gw.id}")
+            if gw.handheld_api:
+                api = HandheldApi(self.outbox, self.weights, gw.id)
+                tasks.create_task(
+                    serve_handheld_api(gw.handheld_api, api), name=f"handheld-{gw.id}"
+                )
             if gw.metrics:
                 tasks.create_task(
                     serve_metrics(gw.metrics, gw.id, self.counters), name=f"metrics-{gw.id}"

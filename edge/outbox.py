@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS counters (  -- the running gateway's counters, for `e
     name TEXT PRIMARY KEY,
     value REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS requests (  -- handheld requests by idempotency key
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS commands (
     key TEXT PRIMARY KEY,
     state TEXT NOT NULL,  -- 'running' until its report is stored, then 'reported'
@@ -72,6 +78,9 @@ class Draft:
     cls: TrafficClass
     body: EventBody
     occurred_at: dt.datetime
+    # A request's idempotency key and payload fingerprint, stored in the same commit as
+    # the event, so a retried request finds its event and is never stored twice.
+    request: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,7 @@ class Outbox:
     def _commit(self, conn: sqlite3.Connection, group: list[_Append]) -> None:
         seq = self._last_seq
         rows = []
+        requests: list[tuple[str, str, int, float]] = []
         ends = []
         now = time.time()
         try:
@@ -285,11 +295,18 @@ class Outbox:
                         body=draft.body,
                     )
                     rows.append((seq, int(draft.cls), now, wire.encode_event(event)))
+                    if draft.request is not None:
+                        requests.append((*draft.request, seq, now))
                 ends.append(seq)
             conn.execute("BEGIN")
             conn.executemany(
                 "INSERT INTO outbox (seq, cls, created_at, payload) VALUES (?, ?, ?, ?)", rows
             )
+            if requests:
+                conn.executemany(
+                    "INSERT INTO requests (key, fingerprint, seq, at) VALUES (?, ?, ?, ?)",
+                    requests,
+                )
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (seq,))
             conn.execute("COMMIT")
         except Exception as exc:  # a full disk, a broken file: every waiter hears it
@@ -437,6 +454,16 @@ class Outbox:
                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 list(counters.items()),
             )
+
+    def find_request(self, key: str) -> tuple[str, int] | None:
+        """The (fingerprint, seq) a request key was stored with, if it was (blocking)."""
+        with self._reader_lock:
+            row = (
+                self._read()
+                .execute("SELECT fingerprint, seq FROM requests WHERE key = ?", (key,))
+                .fetchone()
+            )
+        return None if row is None else (str(row[0]), int(row[1]))
 
     # ------------------------------------------------------------------- commands
 

@@ -74,6 +74,30 @@ class Movement(msgspec.Struct, frozen=True, tag="movement"):
     lpn: str | None = None  # the licence plate / SSCC of the load, when known
 
 
+class Count(msgspec.Struct, frozen=True, tag="count"):
+    """A counted quantity of a SKU/lot at a location (a cycle count line).
+
+    A fact about the shelf, not a movement: the ledger turns it into a baseline and a
+    delta adjustment (never a "set quantity").
+    """
+
+    location: str
+    gtin: str
+    counted: int
+    lot: str | None = None
+
+
+class Verification(msgspec.Struct, frozen=True, tag="verification"):
+    """A pick checked at the pack bench: what was scanned, and what the scale said."""
+
+    gtin: str
+    quantity: int
+    lot: str | None = None
+    weight: float | None = None  # kg, the scale's latest stable reading when given
+    scale: str | None = None
+    order: str | None = None
+
+
 class TagRead(msgspec.Struct, frozen=True, tag="tag_read"):
     """A raw RFID observation (telemetry): what the reader saw, not a movement."""
 
@@ -164,6 +188,8 @@ EventBody = (
     | Receipt
     | Shipment
     | Movement
+    | Count
+    | Verification
     | TagRead
     | ZoneTransition
     | AgvState
