@@ -124,8 +124,9 @@ def connect(
     conn.executescript(SCHEMA)
     origin = time.time_ns() // 1000 if seq_origin is None else seq_origin
     conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', ?), ('acked_seq', ?)",
-        (origin, origin),
+        "INSERT OR IGNORE INTO meta (key, value)"
+        " VALUES ('last_seq', ?), ('acked_seq', ?), ('origin', ?)",
+        (origin, origin, origin),
     )
     return conn
 
@@ -328,6 +329,12 @@ class Outbox:
     def _read(self) -> sqlite3.Connection:
         assert self._reader is not None, "outbox not open"
         return self._reader
+
+    def origin(self) -> int:
+        """The seq before this outbox's first: nothing at or below it was ever stored."""
+        with self._reader_lock:
+            row = self._read().execute("SELECT value FROM meta WHERE key='origin'").fetchone()
+        return int(row[0]) if row else 0
 
     def acked_seq(self) -> int:
         with self._reader_lock:

@@ -86,6 +86,7 @@ class Uplink:
         self._backlog_end = 0
         self._birth_answered = True
         self._announced_at = 0.0
+        self._origin = 0
         self._session_no = 0
         self._rewinds = 0
         self._last_progress = time.monotonic()
@@ -97,6 +98,7 @@ class Uplink:
     async def run(self) -> None:
         """Stay connected until cancelled, reconnecting with backoff."""
         self.acked = await asyncio.to_thread(self.outbox.acked_seq)
+        self._origin = await asyncio.to_thread(self.outbox.origin)
         self._cursor = self._highest_sent = self.acked
         backoff = Backoff(initial=0.2, cap=5.0)
         while True:
@@ -211,7 +213,10 @@ class Uplink:
             self._birth_answered = True
             self._wake.set()
             if seq < self.acked:
-                self.log.warning("uplink.hub_behind", hub_watermark=seq, acked_seq=self.acked)
+                if self.acked > self._origin:  # the hub lost what it had acked
+                    self.log.warning("uplink.hub_behind", hub_watermark=seq, acked_seq=self.acked)
+                else:
+                    self.log.info("uplink.new_outbox", hub_watermark=seq, origin=self._origin)
                 self._rewind(seq)
         if seq <= self.acked:
             return

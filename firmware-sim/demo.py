@@ -13,62 +13,92 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
+import tomli_w
 
 from warelink.edge.config import load_site_config
+from warelink.edge.device_config import SerialDevice, TcpDevice
+from warelink.edge.drivers.modbus import ModbusLinkConfig
+from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
 from warelink.hub.settings import HubSettings
 from warelink.protocol.gs1 import check_digit
-
-SITE_TEMPLATE = """\
-# A simulated site for `warelink demo`; `warelink sim run` makes these devices on ptys.
-[gateway]
-id = "gw-{site}"
-site = "{site}"
-data_dir = "{site}/gateway"
-
-[[devices]]
-id = "dock-scale-1"
-kind = "mtsics_scale"
-port = "{dev}/dock-scale-1"
-location = "DOCK-1"
-
-[[devices]]
-id = "dock-scanner-1"
-kind = "line_scanner"
-port = "{dev}/dock-scanner-1"
-purpose = "receive"
-location = "DOCK-1"
-
-[[devices]]
-id = "dock-printer-1"
-kind = "zpl_printer"
-host = "127.0.0.1"
-port = {printer_port}
-location = "DOCK-1"
-
-[[devices]]
-id = "dock-scale-2"
-kind = "mtsics_scale"
-port = "{dev}/dock-scale-2"
-location = "DOCK-2"
-
-[[devices]]
-id = "dock-scanner-2"
-kind = "line_scanner"
-port = "{dev}/dock-scanner-2"
-purpose = "receive"
-location = "DOCK-2"
-"""
+from warelink.sim.agv import random_transport
+from warelink.sim.modbus_devices import make_slaves
 
 SITE_NAMES = ["north", "south", "east", "west", "central", "harbour", "airport", "rail"]
 
 
-def site_configs(directory: Path, count: int) -> list[Path]:
+def site_document(site: str, dev: Path, mqtt_url: str) -> dict[str, Any]:
+    """A simulated site: docks with scales, scanners and an RFID portal, a label printer,
+    a Modbus conveyor (TCP) and an RS-485 bus (a floor scale and a legacy tugger), and a
+    VDA 5050 AGV on the site's broker. Ports are picked once, when the file is written."""
+    registers = {
+        kind: slave.register_map()
+        for kind, slave in zip(
+            ("scale", "conveyor", "agv"),
+            make_slaves(random.Random(0), ["scale", "conveyor", "agv"]),
+            strict=True,
+        )
+    }
+    scale_map = {r["name"]: r for r in registers["scale"]}
+    rs485 = {"transport": "rtu", "serial_port": str(dev / "rs485-1"), "baudrate": 19200,
+             "parity": "N", "stopbits": 2}  # fmt: skip
+    nodes = [
+        ("DOCK-1", 0.0, 0.0), ("DOCK-2", 0.0, 8.0), ("A-01", 12.0, 0.0), ("A-02", 12.0, 8.0),
+        ("SHIP", 20.0, 4.0),
+    ]  # fmt: skip
+    devices: list[dict[str, Any]] = []
+    for dock in (1, 2):
+        devices += [
+            {"id": f"dock-scale-{dock}", "kind": "mtsics_scale",
+             "port": str(dev / f"dock-scale-{dock}"), "location": f"DOCK-{dock}"},
+            {"id": f"dock-scanner-{dock}", "kind": "line_scanner",
+             "port": str(dev / f"dock-scanner-{dock}"), "purpose": "receive",
+             "location": f"DOCK-{dock}"},
+        ]  # fmt: skip
+    devices += [
+        {"id": "dock-printer-1", "kind": "zpl_printer", "host": "127.0.0.1",
+         "port": free_port(), "location": "DOCK-1"},
+        {"id": "dock-1-portal", "kind": "llrp_reader", "host": "127.0.0.1", "port": free_port(),
+         "antennas": {"1": "DOCK-1-IN", "2": "DOCK-1-OUT"}, "location": "DOCK-1",
+         "portal": {"receive_zone": "DOCK-1-IN", "ship_zone": "DOCK-1-OUT",
+                    "location": "DOCK-1"}},
+        {"id": "conveyor-1", "kind": "modbus_device", "role": "conveyor", "transport": "tcp",
+         "host": "127.0.0.1", "port": free_port(), "unit_id": 2, "poll_interval_s": 1.0,
+         "registers": registers["conveyor"]},
+        {"id": "floor-scale-1", "kind": "modbus_scale", "unit_id": 1, "location": "PACK-1",
+         "weight": scale_map["weight"], "stable": scale_map["stable"],
+         "zero": scale_map["zero"], **rs485},
+        {"id": "tugger-1", "kind": "modbus_device", "role": "agv", "unit_id": 3,
+         "poll_interval_s": 1.0, "registers": registers["agv"], **rs485},
+        {"id": "agv-1", "kind": "vda5050_agv", "manufacturer": "WARELINK",
+         "serial_number": f"{site}-01", "broker_url": mqtt_url, "state_interval_s": 10.0,
+         "graph": {"map_id": f"{site}-floor",
+                   "nodes": [{"id": f"N-{code}", "x": x, "y": y, "location": code}
+                             for code, x, y in nodes],
+                   "edges": [{"start": f"N-{a}", "end": f"N-{b}"} for a, b in
+                             (("DOCK-1", "A-01"), ("DOCK-2", "A-02"), ("A-01", "A-02"),
+                              ("A-01", "SHIP"), ("A-02", "SHIP"))]}},
+    ]  # fmt: skip
+    return {
+        "gateway": {
+            "id": f"gw-{site}",
+            "site": site,
+            "data_dir": f"{site}/gateway",
+            "handheld_api": f"127.0.0.1:{free_port()}",
+        },
+        "devices": devices,
+    }
+
+
+def site_configs(directory: Path, count: int, mqtt_url: str) -> list[Path]:
     """The demo's site configs, written on first use and kept (so state persists)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -76,8 +106,10 @@ def site_configs(directory: Path, count: int) -> list[Path]:
         path = directory / f"{name}.toml"
         if not path.exists():
             dev = (directory / name / "dev").resolve()
-            text = SITE_TEMPLATE.format(site=name, dev=dev, printer_port=free_port())
-            path.write_text(text)
+            header = (
+                "# A simulated site for `warelink demo`; `warelink sim run` makes its devices.\n"
+            )
+            path.write_text(header + tomli_w.dumps(site_document(name, dev, mqtt_url)))
         load_site_config(path)  # fail early, with the file and key, if someone edited it badly
         paths.append(path)
     return paths
@@ -129,6 +161,40 @@ class Child:
             await self.process.wait()
 
 
+async def devices_ready(configs: list[Path], timeout: float = 20) -> None:
+    """Until the simulators have made every device the configs declare (ptys, ports)."""
+    paths: list[Path] = []
+    addresses: list[tuple[str, int]] = []
+    for config in (load_site_config(path) for path in configs):
+        for device in config.devices:
+            if isinstance(device, SerialDevice):
+                paths.append(Path(device.port))
+            elif isinstance(device, ModbusLinkConfig):
+                if device.serial_port:
+                    paths.append(Path(device.serial_port))
+                elif device.host and device.port:
+                    addresses.append((device.host, device.port))
+            elif isinstance(device, TcpDevice):
+                addresses.append((device.host, device.port))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while not all(path.exists() for path in paths) or not all(
+                [await port_open(host, port) for host, port in addresses]
+            ):
+                await asyncio.sleep(0.2)
+
+
+async def port_open(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 async def wait_ready(url: str, hub: Child) -> None:
     async with asyncio.timeout(60), httpx.AsyncClient() as client:
         while True:
@@ -141,29 +207,43 @@ async def wait_ready(url: str, hub: Child) -> None:
             await asyncio.sleep(0.2)
 
 
-async def clerk(url: str, sites: list[str], interval_s: float = 15.0) -> None:
-    """A clerk at each dock printing a pallet label for the latest receipt, now and then:
-    the hub sends the print command through the site's gateway to its label printer."""
+async def clerk(url: str, configs: list[Path], interval_s: float = 15.0) -> None:
+    """The floor's office, through the hub's command API: now and then a pallet label for
+    the latest receipt at a dock, and a transport order for a site's AGV."""
+    rng = random.Random(1)
+    sites = [load_site_config(path) for path in configs]
+    agvs = {
+        config.gateway.site: (device.id, device.floor_graph())
+        for config in sites
+        for device in config.devices
+        if isinstance(device, Vda5050AgvConfig)
+    }
     n = 0
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         while True:
             await asyncio.sleep(interval_s)
-            site = sites[n % len(sites)]
+            site = sites[n % len(sites)].gateway.site
             n += 1
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, KeyError):
                 lines = (await http.get(f"/api/v1/sites/{site}/stock")).json()["lines"]
                 dock = [line for line in lines if line["location"] == "DOCK-1"]
                 if not dock:
                     continue
                 line = dock[-1]
-                sscc = sscc_for(site, n)
                 await http.post(
                     f"/api/v1/sites/{site}/devices/dock-printer-1/commands",
                     json={"action": "print_sscc_label", "expires_in_s": 120,
-                          "args": {"sscc": sscc, "gtin": line["sku"], "lot": line["lot"],
-                                   "quantity": int(line["quantity"]) or 1,
+                          "args": {"sscc": sscc_for(site, n), "gtin": line["sku"],
+                                   "lot": line["lot"], "quantity": int(line["quantity"]) or 1,
                                    "ship_to": f"Customer {n % 7 + 1}"}},
                 )  # fmt: skip
+                if site in agvs:
+                    agv, graph = agvs[site]
+                    args = random_transport(graph, rng, [line["sku"]], order_id=f"{site}-{n}")
+                    await http.post(
+                        f"/api/v1/sites/{site}/devices/{agv}/commands",
+                        json={"action": "transport", "expires_in_s": 300, "args": args},
+                    )
 
 
 def sscc_for(site: str, n: int) -> str:
@@ -179,7 +259,7 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
             "set WARELINK_HTTP=host:port to serve the hub elsewhere"
         )
     url = f"http://{settings.http}"
-    configs = site_configs(directory, sites)
+    configs = site_configs(directory, sites, str(settings.mqtt_url))
     hub = Child("hub", ["hub", "serve"])
     sims = [Child(f"sim {p.stem}", ["sim", "run", "--config", str(p), "--seed", str(i + 1)])
             for i, p in enumerate(configs)]  # fmt: skip
@@ -197,10 +277,14 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
             await hub.start()
             tasks.create_task(watch(hub), name="relay-hub")
             await wait_ready(url, hub)
-            for child in [*sims, *edges]:
+            for child in sims:
                 await child.start()
                 tasks.create_task(watch(child), name=f"relay-{child.name}")
-            clerking = tasks.create_task(clerk(url, [p.stem for p in configs]), name="demo-clerk")
+            await devices_ready(configs)  # gateways find their devices at once, no false alarm
+            for child in edges:
+                await child.start()
+                tasks.create_task(watch(child), name=f"relay-{child.name}")
+            clerking = tasks.create_task(clerk(url, configs), name="demo-clerk")
             print(
                 f"\nwarelink demo is up: {len(configs)} sites, dashboard at {url}/"
                 f"\n  API: {url}/docs   gateways: {url}/api/v1/gateways"

@@ -477,10 +477,12 @@ class ModbusTcpSlaves:
     ``async with ModbusTcpSlaves([...]) as server: server.port``.
     """
 
-    def __init__(self, slaves: Sequence[ModbusSlave], host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, slaves: Sequence[ModbusSlave], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.slaves = list(slaves)
         self.host = host
-        self.port = 0
+        self.port = port
         self._server: ModbusTcpServer | None = None
 
     async def __aenter__(self) -> Self:
@@ -489,7 +491,9 @@ class ModbusTcpSlaves:
             SimDevice(slave.unit_id, simdata=SimData(0, values=0, datatype=DataType.REGISTERS))
             for slave in self.slaves
         ]
-        server = ModbusTcpServer(placeholders, address=(self.host, 0), ignore_missing_devices=True)
+        server = ModbusTcpServer(
+            placeholders, address=(self.host, self.port), ignore_missing_devices=True
+        )
         server.context = SlaveCore(self.slaves)
         await server.serve_forever(background=True)
         listener = server.transport

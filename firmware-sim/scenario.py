@@ -18,7 +18,20 @@ import structlog
 
 from warelink.edge.config import SiteConfig
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
+from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
+from warelink.edge.drivers.modbus import ModbusDeviceConfig, ModbusScaleConfig
+from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
 from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
+from warelink.sim.agv import SimulatedAgv
+from warelink.sim.llrp_reader import SimulatedLlrpReader, make_sgtin_epc
+from warelink.sim.modbus_devices import (
+    AgvSlave,
+    ConveyorSlave,
+    ModbusRtuLine,
+    ModbusSlave,
+    ModbusTcpSlaves,
+    ScaleSlave,
+)
 from warelink.sim.scale import SimulatedScale
 from warelink.sim.scanner import ReceiptLabel, SimulatedLineScanner
 from warelink.sim.zpl_printer import SimulatedZplPrinter
@@ -57,6 +70,10 @@ class DockScenario:
         self.scales: dict[str, SimulatedScale] = {}
         self.scanners: dict[str, SimulatedLineScanner] = {}
         self.printers: dict[str, SimulatedZplPrinter] = {}
+        self.readers: dict[str, SimulatedLlrpReader] = {}
+        self.agvs: dict[str, SimulatedAgv] = {}
+        self.modbus_scales: dict[str, ScaleSlave] = {}
+        self._loaded: set[str] = set()
         self.docks: list[Dock] = []
 
     async def run(self) -> None:
@@ -86,6 +103,16 @@ class DockScenario:
                         random.Random(self.rng.random()), host=device.host, port=device.port
                     )
                     self.printers[device.id] = await stack.enter_async_context(printer)
+                elif isinstance(device, LlrpReaderConfig):
+                    reader = SimulatedLlrpReader(
+                        seed=self.rng.randrange(2**32), host=device.host, port=device.port,
+                        antennas=sorted(device.antennas),
+                    )  # fmt: skip
+                    self.readers[device.id] = await stack.enter_async_context(reader)
+                elif isinstance(device, Vda5050AgvConfig):
+                    agv = SimulatedAgv.for_config(device, random.Random(self.rng.random()))
+                    self.agvs[device.id] = await stack.enter_async_context(agv)
+            await self._modbus(stack)
             self.docks = self._docks()
             log.info(
                 "sim.devices_up",
@@ -96,6 +123,33 @@ class DockScenario:
                 docks=len(self.docks),
             )
             yield self
+
+    async def _modbus(self, stack: contextlib.AsyncExitStack) -> None:
+        """One simulated endpoint per Modbus bus: a TCP server or an RS-485 line on a pty."""
+        buses: dict[tuple[str, ...], list[ModbusSlave]] = {}
+        for device in self.config.devices:
+            if isinstance(device, ModbusScaleConfig):
+                scale = ScaleSlave(device.unit_id, random.Random(self.rng.random()))
+                self.modbus_scales[device.id] = scale
+                slave: ModbusSlave = scale
+            elif isinstance(device, ModbusDeviceConfig):
+                maker = ConveyorSlave if device.role == "conveyor" else AgvSlave
+                slave = maker(device.unit_id, random.Random(self.rng.random()))
+                if isinstance(slave, ConveyorSlave):
+                    slave.holding[0] = 1  # the conveyor runs
+            else:
+                continue
+            if device.transport == "tcp":
+                key: tuple[str, ...] = ("tcp", device.host or "127.0.0.1", str(device.port))
+            else:
+                key = ("rtu", str(device.serial_port))
+            buses.setdefault(key, []).append(slave)
+        for key, slaves in buses.items():
+            if key[0] == "tcp":
+                await stack.enter_async_context(ModbusTcpSlaves(slaves, key[1], int(key[2])))
+            else:
+                line = ModbusRtuLine(key[1], slaves, random.Random(self.rng.random()))
+                await stack.enter_async_context(line)
 
     def _docks(self) -> list[Dock]:
         scales = [d for d in self.config.devices if isinstance(d, MtSicsScaleConfig)]
@@ -129,4 +183,13 @@ class DockScenario:
         if dock.scale is not None:
             await asyncio.sleep(0.5)
             dock.scale.remove()
+        for reader in self.readers.values():  # a tagged case passes the dock's RFID portal
+            await reader.walk_through(make_sgtin_epc(self.rng), [1, 2], dwell_s=1.0)
+        for name, floor_scale in self.modbus_scales.items():  # and something is weighed inside
+            if name in self._loaded:
+                floor_scale.remove()
+                self._loaded.discard(name)
+            else:
+                floor_scale.place(round(self.rng.uniform(5.0, 60.0), 1))
+                self._loaded.add(name)
         return label

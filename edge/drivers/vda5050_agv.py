@@ -181,6 +181,7 @@ class _TransportArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     order_id: str | None = None
+    key: str | None = None  # the hub command's key: the order id when none is given
     from_location: str = Field(alias="from")
     to_location: str = Field(alias="to")
     gtin: str
@@ -407,7 +408,7 @@ class Vda5050AgvDriver:
                 raise CommandRejected(str(exc)) from None
         if args.from_location == args.to_location:
             raise CommandRejected("a transport needs two different locations")
-        order_id = args.order_id or f"{self.device_id}-{uuid.uuid4().hex[:12]}"
+        order_id = args.order_id or args.key or f"{self.device_id}-{uuid.uuid4().hex[:12]}"
         known = self._transports.get(order_id)
         if known is not None:
             if known.args.model_dump(exclude={"order_id"}) != args.model_dump(exclude={"order_id"}):
