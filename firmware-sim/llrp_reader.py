@@ -246,13 +246,15 @@ class SimulatedLlrpReader:
         assert task is not None
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
-        with contextlib.suppress(ConnectionError, OSError):
+        try:
             try:
                 await self._session_loop(reader, writer)
-            finally:
-                writer.close()
-                with contextlib.suppress(ConnectionError, OSError):
-                    await writer.wait_closed()
+            except* (ConnectionError, OSError):
+                pass  # the client went away, maybe mid-session: a reader shrugs
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
         await self._notify()
 
     async def _session_loop(

@@ -1,0 +1,44 @@
+"""`warelink demo` brings every simulated device kind up on two sites, without errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import MQTT_HOST, MQTT_PORT, free_port
+
+
+async def test_the_demo_runs_two_sites_with_live_data_and_no_error(
+    db_url: str, mqtt_prefix: str, tmp_path: Path
+) -> None:
+    http = f"127.0.0.1:{free_port()}"
+    env = os.environ | {
+        "WARELINK_DB_URL": db_url,
+        "WARELINK_MQTT_URL": f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
+        "WARELINK_MQTT_PREFIX": mqtt_prefix,
+        "WARELINK_HTTP": http,
+    }
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "warelink.edge.cli", "demo", "--dir", str(tmp_path / "demo"),
+        "--duration", "45", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output = asyncio.ensure_future(demo.communicate())
+    await asyncio.sleep(40)
+    async with httpx.AsyncClient(base_url=f"http://{http}", timeout=10) as client:
+        gateways = (await client.get("/api/v1/gateways")).json()
+        stock = (await client.get("/api/v1/sites/north/stock")).json()
+    out, _ = await asyncio.wait_for(output, 60)
+    log = out.decode()
+    assert demo.returncode == 0, log[-3000:]
+    assert sorted(g["id"] for g in gateways) == ["gw-north", "gw-south"]
+    assert all(g["online"] and g["events_received"] > 50 for g in gateways), gateways
+    assert stock["lines"], "no stock at the north site"
+    problems = [line for line in log.splitlines()
+                if "[error" in line or "[critical" in line or "Traceback" in line
+                or "Unhandled exception" in line]  # fmt: skip
+    assert problems == [], "\n".join(problems[:20])
