@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 
 from tests.support.hub import HubProcess
+from tests.support.services import free_port
 from warelink.hub.migrate import migrate
 from warelink.hub.settings import HubSettings
 
@@ -66,13 +67,6 @@ async def mqtt_prefix() -> AsyncIterator[str]:
 
     async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as client:
         await client.publish(Topics(prefix).hub_presence(), b"", qos=1, retain=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
