@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import MQTT_HOST, MQTT_PORT, free_port
+from tests.conftest import MQTT_HOST, MQTT_PORT
+from tests.support.services import free_port
 
 
 async def test_the_demo_runs_two_sites_with_live_data_and_no_error(

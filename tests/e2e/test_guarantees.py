@@ -13,10 +13,11 @@ import aiomqtt
 import httpx
 import msgspec
 
-from tests.conftest import MQTT_HOST, MQTT_PORT, free_port
+from tests.conftest import MQTT_HOST, MQTT_PORT
 from tests.e2e.test_delivery import GTINS, edge_settings, wait_caught_up
 from tests.support.cli import warelink
 from tests.support.hub import HubProcess
+from tests.support.services import free_port
 from tests.support.sites import site_config, write_site_config
 from warelink.edge.config import load_site_config
 from warelink.edge.gateway import Gateway, running

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from tests.conftest import free_port
 from tests.e2e.test_delivery import edge_settings, wait_caught_up
 from tests.support.hub import HubProcess
+from tests.support.services import free_port
 from tests.support.sites import site_config
 from warelink.edge.gateway import Gateway, running
 from warelink.hub.settings import HubSettings
