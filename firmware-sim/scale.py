@@ -133,8 +133,9 @@ class SimulatedScale:
             return CommandRefused(command=CommandCode.S, reason=Refusal.OVERLOAD)
         if gross < -0.05 * self.capacity:
             return CommandRefused(command=CommandCode.S, reason=Refusal.UNDERLOAD)
+        stable = self.stable  # first: once stable, the weight read next is the settled one
         return WeightResponse(
-            value=self.net(), unit=self.unit, stable=self.stable, decimals=self.decimals
+            value=self.net(), unit=self.unit, stable=stable, decimals=self.decimals
         )
 
     async def _wait_stable(self) -> bool:

@@ -181,10 +181,19 @@ class Edge:
 
 
 class Chaos:
-    def __init__(self, seed: int, *, duration_s: float, rate: float = 40.0, gateways: int = 2):
+    def __init__(
+        self,
+        seed: int,
+        *,
+        duration_s: float,
+        rate: float = 40.0,
+        gateways: int = 2,
+        max_faults: int | None = None,
+    ):
         self.seed = seed
         self.rng = random.Random(seed)
         self.duration_s = duration_s
+        self.max_faults = max_faults  # stop injecting after this many, if given
         self.rate = rate
         self.n_gateways = gateways
         self.root = Path(tempfile.mkdtemp(prefix=f"warelink-chaos-{seed}-"))
@@ -232,9 +241,11 @@ class Chaos:
             for edge in self.edges:
                 edge.scanning.set()
             deadline = time.monotonic() + self.duration_s
-            while time.monotonic() < deadline:
+            injected = 0
+            while time.monotonic() < deadline and injected != self.max_faults:
                 await asyncio.sleep(self.rng.uniform(0.5, 2.5))
                 await self._inject(self.rng.choice(faults))
+                injected += 1
             for edge in self.edges:
                 edge.scanning.clear()
             await asyncio.sleep(0.5)
@@ -365,6 +376,11 @@ class Chaos:
 
 
 async def run_chaos(
-    seed: int, duration_s: float, faults: tuple[str, ...] = FAULTS, rate: float = 40.0
+    seed: int,
+    duration_s: float,
+    faults: tuple[str, ...] = FAULTS,
+    rate: float = 40.0,
+    max_faults: int | None = None,
 ) -> ChaosResult:
-    return await Chaos(seed, duration_s=duration_s, rate=rate).run(faults)
+    chaos = Chaos(seed, duration_s=duration_s, rate=rate, max_faults=max_faults)
+    return await chaos.run(faults)

@@ -27,7 +27,7 @@ async def test_each_fault_alone_loses_and_doubles_nothing(fault: str) -> None:
 
 @pytest.mark.timeout(400)
 async def test_all_faults_mixed_lose_and_double_nothing() -> None:
-    result = await run_chaos(SEED, duration_s=40)
+    result = await run_chaos(SEED, duration_s=150, max_faults=12)
     print(result.table())
-    assert sum(r.injected for r in result.faults.values()) >= 10
+    assert sum(r.injected for r in result.faults.values()) == 12
     assert (result.lost, result.doubled, result.balances_wrong) == (0, 0, 0), result.table()

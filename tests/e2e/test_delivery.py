@@ -33,12 +33,21 @@ def edge_settings(prefix: str) -> EdgeSettings:
 
 
 async def produce(
-    gateway: Gateway, *, rate: float, seed: int, expected: dict[tuple[str, str], int]
+    gateway: Gateway,
+    *,
+    rate: float,
+    seed: int,
+    expected: dict[tuple[str, str], int],
+    stop: asyncio.Event,
 ) -> None:
-    """Receipts and weights into the gateway's outbox, as its drivers would emit them."""
+    """Receipts and weights into the gateway's outbox, as its drivers would emit them.
+
+    Stops when ``stop`` is set, never in the middle of an append: a cancelled append may
+    still commit, and the truth would miss it.
+    """
     rng = random.Random(seed)
     site = gateway.config.gateway.site
-    while True:
+    while not stop.is_set():
         gtin = rng.choice(GTINS)
         quantity = rng.randint(1, 40)
         await gateway.outbox.add(
@@ -84,10 +93,9 @@ async def test_hub_killed_for_20s_loses_and_doubles_nothing(
         for gateway in gateways:
             await stack.enter_async_context(running(gateway))
         async with asyncio.TaskGroup() as tasks:
-            producers = [
-                tasks.create_task(produce(g, rate=100, seed=i, expected=expected))
-                for i, g in enumerate(gateways)
-            ]
+            stop = asyncio.Event()
+            for i, g in enumerate(gateways):
+                tasks.create_task(produce(g, rate=100, seed=i, expected=expected, stop=stop))
             await asyncio.sleep(3)
             before = {row["id"]: row["acked_seq"] for row in await hub.get("/api/v1/gateways")}
             assert all(before.get(g.config.gateway.id, 0) > 0 for g in gateways), before
@@ -96,8 +104,7 @@ async def test_hub_killed_for_20s_loses_and_doubles_nothing(
             assert all(g.outbox.status().depth > 0 for g in gateways)  # held while the hub was away
             await hub.start()
             await asyncio.sleep(3)  # live events keep flowing during catch-up
-            for producer in producers:
-                producer.cancel()
+            stop.set()
         rows = await wait_caught_up(hub, gateways, timeout=60)
 
     with psycopg.connect(hub_settings.db_url) as conn:
