@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig, StrictModel
-from warelink.edge.drivers.ble import BleScaleConfig, BleScannerConfig
+from warelink.edge.drivers.ble import BleAdapterConfig, BleScaleConfig, BleScannerConfig
 from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
 from warelink.edge.drivers.modbus import ModbusDeviceConfig, ModbusScaleConfig
 from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
@@ -43,6 +43,9 @@ class GatewayConfig(StrictModel):
     metrics: str | None = Field(None, description="host:port for Prometheus /metrics.")
     handheld_api: str | None = Field(
         None, description="host:port of the local HTTP API for handhelds (works offline)."
+    )
+    ble: BleAdapterConfig = Field(
+        default_factory=BleAdapterConfig, description="The BLE adapter (default: the system's)."
     )
 
     @field_validator("id", "site")

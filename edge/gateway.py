@@ -14,7 +14,7 @@ from warelink.edge.commands import CommandRouter
 from warelink.edge.config import ConfigError, DeviceConfig, SiteConfig
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
 from warelink.edge.drivers.base import Driver, Emit
-from warelink.edge.drivers.ble import BleScaleConfig, BleScannerConfig
+from warelink.edge.drivers.ble import BleBackend, BleScaleConfig, BleScannerConfig, hci_backend
 from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
 from warelink.edge.drivers.modbus import (
     ModbusBusConflict,
@@ -38,11 +38,19 @@ OUTBOX_FILE = "outbox.sqlite3"
 HOUSEKEEPING_S = 1.0
 
 
-def make_driver(device: DeviceConfig, emit: Emit, *, data_dir: Path, buses: ModbusBuses) -> Driver:
+def make_driver(
+    device: DeviceConfig,
+    emit: Emit,
+    *,
+    data_dir: Path,
+    buses: ModbusBuses,
+    ble: BleBackend | None = None,
+) -> Driver:
     """The driver of a declared device.
 
     ``data_dir`` holds what a driver keeps on disk; ``buses`` gives the Modbus devices of
-    one physical bus one client and one lock.
+    one physical bus one client and one lock; ``ble`` is the BLE adapter all BLE devices
+    share (None: the system's, through bleak's own backend).
     """
     if isinstance(device, ModbusScaleConfig):
         return ModbusScaleDriver(device, emit, buses=buses)
@@ -56,11 +64,11 @@ def make_driver(device: DeviceConfig, emit: Emit, *, data_dir: Path, buses: Modb
     if isinstance(device, BleScaleConfig):
         from warelink.edge.drivers.ble import BleScaleDriver
 
-        return BleScaleDriver(device, emit)
+        return BleScaleDriver(device, emit, backend=ble)
     if isinstance(device, BleScannerConfig):
         from warelink.edge.drivers.ble import BleScannerDriver
 
-        return BleScannerDriver(device, emit)
+        return BleScannerDriver(device, emit, backend=ble)
     if isinstance(device, Vda5050AgvConfig):
         from warelink.edge.drivers.vda5050_agv import Vda5050AgvDriver
 
@@ -103,8 +111,14 @@ class Gateway:
         self.weights = LatestWeights()  # for the handhelds' verify
         emit = self.weights.wrap(self.outbox.add)
         try:
+            self.ble = hci_backend(gw.ble)  # opened on first use, by the BLE drivers
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"gateway.ble: {exc}") from None
+        try:
             self.drivers = {
-                device.id: make_driver(device, emit, data_dir=gw.data_dir, buses=buses)
+                device.id: make_driver(
+                    device, emit, data_dir=gw.data_dir, buses=buses, ble=self.ble
+                )
                 for device in config.devices
             }
         except ModbusBusConflict as exc:  # two devices disagree about one bus's settings
@@ -121,7 +135,14 @@ class Gateway:
 
     async def run(self) -> None:
         gw = self.config.gateway
-        async with self.outbox, self.router.running(), asyncio.TaskGroup() as tasks:
+        async with (
+            self.outbox,
+            self.router.running(),
+            contextlib.AsyncExitStack() as stack,
+            asyncio.TaskGroup() as tasks,
+        ):
+            if self.ble is not None:
+                stack.push_async_callback(self.ble.aclose)
             self.log.info(
                 "gateway.started", devices=len(self.drivers), last_seq=self.outbox.last_seq
             )

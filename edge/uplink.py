@@ -115,10 +115,13 @@ class Uplink:
     async def _session(self, backoff: Backoff) -> None:
         session = await asyncio.to_thread(self.outbox.next_session)
         death = wire.encode(Death(gateway=self.config.id, session=session))
+        gw = self.config
         client = aiomqtt.Client(
             self.settings.mqtt_host,
             self.settings.mqtt_port,
-            identifier=f"warelink-edge-{self.config.site}-{self.config.id}",
+            # The prefix too: deployments (demo, tests) sharing a broker must not take
+            # over each other's session (the broker drops the older of two equal ids).
+            identifier=f"warelink-edge-{self.settings.mqtt_prefix}-{gw.site}-{gw.id}",
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(self._topic(Kind.DEATH), death, qos=1),
             keepalive=10,

@@ -33,6 +33,7 @@ import structlog
 from bumble import core, gatt, hci
 from bumble.device import Connection, Device
 
+from warelink.edge.drivers.ble_bumble import finish_hci
 from warelink.protocol.ble_gatt import (
     NUS_RX_UUID,
     NUS_SERVICE_UUID,
@@ -46,7 +47,7 @@ from warelink.protocol.ble_gatt import (
     split_notifications,
 )
 from warelink.protocol.gs1 import encode_element_string
-from warelink.sim.ble_link import VirtualBleLink, finish_hci
+from warelink.sim.ble_link import VirtualBleLink
 from warelink.sim.scanner import ReceiptLabel, make_receipt_label
 
 log = structlog.get_logger(__name__)

@@ -4,6 +4,11 @@ Every device the site config declares gets its simulator on the port the config 
 so the gateway under test opens exactly what it would open on real hardware. At each dock
 (a receiving scanner, and the scale at the same location or the site's first scale) a
 pallet is put on the scale, settles, its label is scanned, and it is taken off.
+
+BLE devices (a Weight Scale service scale, a Nordic-UART scanner) are bumble peripherals
+on one virtual link; the gateway, another process, reaches them through a virtual
+controller on that link served where ``[gateway.ble] hci_transport`` points. A receiving
+BLE scanner makes a dock like a serial one, with the BLE scale at its location.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from warelink.edge.config import SiteConfig
 from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
+from warelink.edge.drivers.ble import BleScaleConfig, BleScannerConfig
 from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
 from warelink.edge.drivers.modbus import ModbusDeviceConfig, ModbusScaleConfig
 from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
@@ -36,14 +43,17 @@ from warelink.sim.scale import SimulatedScale
 from warelink.sim.scanner import ReceiptLabel, SimulatedLineScanner
 from warelink.sim.zpl_printer import SimulatedZplPrinter
 
+if TYPE_CHECKING:  # bumble is imported only by a site that declares BLE devices
+    from warelink.sim.ble_devices import SimulatedBleScale, SimulatedBleScanner
+
 log = structlog.get_logger(__name__)
 
 
 @dataclass
 class Dock:
     location: str
-    scanner: SimulatedLineScanner
-    scale: SimulatedScale | None
+    scanner: SimulatedLineScanner | SimulatedBleScanner
+    scale: SimulatedScale | SimulatedBleScale | None
 
 
 @dataclass
@@ -73,6 +83,8 @@ class DockScenario:
         self.readers: dict[str, SimulatedLlrpReader] = {}
         self.agvs: dict[str, SimulatedAgv] = {}
         self.modbus_scales: dict[str, ScaleSlave] = {}
+        self.ble_scales: dict[str, SimulatedBleScale] = {}
+        self.ble_scanners: dict[str, SimulatedBleScanner] = {}
         self._loaded: set[str] = set()
         self.docks: list[Dock] = []
 
@@ -113,6 +125,7 @@ class DockScenario:
                     agv = SimulatedAgv.for_config(device, random.Random(self.rng.random()))
                     self.agvs[device.id] = await stack.enter_async_context(agv)
             await self._modbus(stack)
+            await self._ble(stack)
             self.docks = self._docks()
             log.info(
                 "sim.devices_up",
@@ -120,6 +133,7 @@ class DockScenario:
                 scales=len(self.scales),
                 scanners=len(self.scanners),
                 printers=len(self.printers),
+                ble=len(self.ble_scales) + len(self.ble_scanners),
                 docks=len(self.docks),
             )
             yield self
@@ -151,6 +165,44 @@ class DockScenario:
                 line = ModbusRtuLine(key[1], slaves, random.Random(self.rng.random()))
                 await stack.enter_async_context(line)
 
+    async def _ble(self, stack: contextlib.AsyncExitStack) -> None:
+        """The BLE peripherals on one virtual link, and the gateway's controller on it,
+        served for the gateway process where its ``hci_transport`` points."""
+        declared = [
+            d for d in self.config.devices if isinstance(d, BleScaleConfig | BleScannerConfig)
+        ]
+        if not declared:
+            return
+        transport = self.config.gateway.ble.hci_transport
+        if transport is None:
+            log.warning(
+                "sim.ble_not_simulated",
+                reason="no [gateway.ble] hci_transport to serve the gateway's adapter on",
+                devices=[d.id for d in declared],
+            )
+            return
+        from warelink.sim.ble_devices import SimulatedBleScale, SimulatedBleScanner
+        from warelink.sim.ble_link import VirtualBleLink
+
+        link = VirtualBleLink()
+        for device in declared:
+            if isinstance(device, BleScaleConfig):
+                scale = SimulatedBleScale(
+                    link,
+                    device.address,
+                    name=device.name or "WS-SIM",
+                    rng=random.Random(self.rng.random()),
+                    settle_s=0.5,
+                )
+                self.ble_scales[device.id] = await stack.enter_async_context(scale)
+            else:
+                scanner = SimulatedBleScanner(
+                    link, device.address, name=device.name or "BS-SIM",
+                    seed=self.rng.randrange(2**32),
+                )  # fmt: skip
+                self.ble_scanners[device.id] = await stack.enter_async_context(scanner)
+        await stack.enter_async_context(link.serve_hci(transport))
+
     def _docks(self) -> list[Dock]:
         scales = [d for d in self.config.devices if isinstance(d, MtSicsScaleConfig)]
         docks = []
@@ -161,6 +213,23 @@ class DockScenario:
                 chosen = same_place or scales
                 scale = self.scales[chosen[0].id] if chosen else None
                 docks.append(Dock(device.location, self.scanners[device.id], scale))
+            elif (
+                isinstance(device, BleScannerConfig)
+                and device.purpose == "receive"
+                and device.id in self.ble_scanners
+            ):
+                assert device.location is not None
+                ble_scale = next(
+                    (
+                        self.ble_scales[d.id]
+                        for d in self.config.devices
+                        if isinstance(d, BleScaleConfig)
+                        and d.location == device.location
+                        and d.id in self.ble_scales
+                    ),
+                    None,
+                )
+                docks.append(Dock(device.location, self.ble_scanners[device.id], ble_scale))
         return docks
 
     async def arrivals(self, count: int | None = None) -> None:
@@ -176,13 +245,14 @@ class DockScenario:
 
     async def receive_pallet(self, dock: Dock) -> ReceiptLabel:
         if dock.scale is not None:
-            dock.scale.place(round(self.rng.uniform(80.0, 950.0), 1))
+            most = 950.0 if isinstance(dock.scale, SimulatedScale) else dock.scale.capacity
+            await _place(dock.scale, round(self.rng.uniform(80.0, most), 1))
             await asyncio.sleep(2.0)  # settles within 1.5 s; the gateway polls meanwhile
         label = await dock.scanner.scan_receipt()
         self.truth.labels.append((dock.location, label))
         if dock.scale is not None:
             await asyncio.sleep(0.5)
-            dock.scale.remove()
+            await _place(dock.scale, 0.0)
         for reader in self.readers.values():  # a tagged case passes the dock's RFID portal
             await reader.walk_through(make_sgtin_epc(self.rng), [1, 2], dwell_s=1.0)
         for name, floor_scale in self.modbus_scales.items():  # and something is weighed inside
@@ -193,3 +263,12 @@ class DockScenario:
                 floor_scale.place(round(self.rng.uniform(5.0, 60.0), 1))
                 self._loaded.add(name)
         return label
+
+
+async def _place(scale: SimulatedScale | SimulatedBleScale, load: float) -> None:
+    """Put ``load`` on a serial scale (it settles by itself) or a BLE one (it settles,
+    then indicates)."""
+    if isinstance(scale, SimulatedScale):
+        scale.place(load)
+    else:
+        await scale.place(load)

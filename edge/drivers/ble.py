@@ -6,8 +6,10 @@ A device that is not advertising, or whose link drops, is OFFLINE — one status
 one log line — and is looked for again with capped backoff until it is back.
 
 Only bleak's public API is used. ``backend`` (anything with ``client_backend`` and
-``scanner_backend`` bleak backend classes, e.g. ``warelink.sim.ble_link.VirtualBleLink``)
+``scanner_backend`` bleak backend classes: a ``BumbleAdapter`` from ``ble_bumble``)
 replaces bleak's platform backend; without it bleak picks the platform's (BlueZ on Linux).
+The gateway's ``[gateway.ble] hci_transport`` chooses: absent, the system's adapter; set,
+an ``HciBleAdapter`` on that bumble HCI transport, shared by all BLE devices of the site.
 
 **Scale** (Weight Scale service 0x181D, Weight Measurement 0x2A9D, indications): the
 standard characteristic carries *completed* measurements only — a scale indicates once
@@ -30,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 from bleak import BleakClient, BleakScanner
@@ -40,7 +42,7 @@ from bleak.backends.scanner import BaseBleakScanner
 from bleak.exc import BleakError
 from pydantic import Field, field_validator, model_validator
 
-from warelink.edge.device_config import DeviceBase
+from warelink.edge.device_config import DeviceBase, StrictModel
 from warelink.edge.drivers.base import Backoff, Emit, Presence
 from warelink.edge.drivers.scan_events import scan_to_event
 from warelink.protocol.ble_gatt import (
@@ -58,6 +60,9 @@ from warelink.protocol.messages import (
     TrafficClass,
     WeightReading,
 )
+
+if TYPE_CHECKING:
+    from warelink.edge.drivers.ble_bumble import HciBleAdapter
 
 _MAC = re.compile(r"[0-9A-F]{2}(:[0-9A-F]{2}){5}")
 _APPLE_ID = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")
@@ -112,6 +117,63 @@ class BleScannerConfig(_BleDevice):
         return self
 
 
+HCI_TRANSPORTS = {
+    "tcp-client": "tcp-client:HOST:PORT",
+    "unix": "unix:PATH",
+    "serial": "serial:DEVICE[,SPEED]",
+    "usb": "usb:INDEX or usb:VID:PID",
+    "hci-socket": "hci-socket:INDEX",
+}
+"""The bumble HCI transports a gateway may open, as ``bumble.transport.open_transport``
+spells them."""
+
+
+class BleAdapterConfig(StrictModel):
+    """The gateway's BLE adapter. Without ``hci_transport``, bleak uses the system's
+    Bluetooth stack (BlueZ on Linux); with it, bleak runs over bumble's host on the
+    controller behind that transport (a simulator's virtual one, or a dongle the OS stack
+    does not own)."""
+
+    hci_transport: str | None = Field(
+        default=None,
+        description="A bumble HCI transport, e.g. tcp-client:127.0.0.1:7801; none: the system's.",
+    )
+
+    @field_validator("hci_transport")
+    @classmethod
+    def _transport(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        scheme, _, spec = value.partition(":")
+        expected = ", ".join(HCI_TRANSPORTS.values())
+        if scheme not in HCI_TRANSPORTS:
+            raise ValueError(f"{value!r} is not an HCI transport; use one of: {expected}")
+        if not spec:
+            raise ValueError(f"{value!r}: give it as {HCI_TRANSPORTS[scheme]}")
+        if scheme == "tcp-client":
+            host, _, port = spec.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{value!r}: give it as tcp-client:HOST:PORT (port 1-65535)")
+        if scheme == "hci-socket" and not spec.isdigit():
+            raise ValueError(f"{value!r}: give it as hci-socket:INDEX (e.g. hci-socket:0)")
+        return value
+
+
+def hci_backend(config: BleAdapterConfig) -> HciBleAdapter | None:
+    """The adapter ``config`` names, or None for the system's (bleak's own backend)."""
+    if config.hci_transport is None:
+        return None
+    try:
+        from warelink.edge.drivers.ble_bumble import HciBleAdapter
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"gateway.ble.hci_transport needs bumble (missing {exc.name}): pip install bumble",
+            name=exc.name,
+        ) from None
+    return HciBleAdapter(config.hci_transport)
+
+
 class BleBackend(Protocol):
     """A pair of bleak backend classes to use instead of the platform's."""
 
@@ -150,7 +212,7 @@ class _BleDriver:
         self._scanner_backend = None if backend is None else backend.scanner_backend
         self._backoff = backoff or Backoff()
         self._log = structlog.get_logger(__name__).bind(device=config.id, address=config.address)
-        self._presence = Presence(config.id, emit, self._log, f"ble_{self.what}")
+        self._presence = Presence(config.id, emit, self._log, config.kind)
         self._bad_payloads = 0
         self._bad_reason = ""
 
