@@ -80,6 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_lazy("warelink.hub.cli", "hub", "serve"))
     migrate = hub.add_parser("migrate", help="create the database if needed and migrate it")
     migrate.set_defaults(func=_lazy("warelink.hub.cli", "hub", "migrate"))
+    ledger = hub.add_parser("ledger", help="the stock ledger").add_subparsers(
+        dest="verb", required=True
+    )
+    check = ledger.add_parser(
+        "check", help="rebuild balances from the movements and report any drift (exit 1)"
+    )
+    check.add_argument("--repair", action="store_true", help="rewrite drifted balances")
+    check.add_argument("--json", action="store_true", help="machine-readable report")
+    check.set_defaults(func=_lazy("warelink.hub.cli", "hub", "ledger_check"))
+    users = hub.add_parser("user", help="manage users").add_subparsers(dest="verb", required=True)
+    user_add = users.add_parser("add", help="add a user (e.g. the first admin)")
+    user_add.add_argument("name", help="user id (lower case: a-z 0-9 . _ @ -)")
+    user_add.add_argument("--role", action="append", required=True, help="a role (repeatable)")
+    user_add.add_argument("--site", action="append", help="a site (repeatable; none: every site)")
+    user_add.add_argument("--display-name", default="", help="the person's name")
+    user_add.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    user_add.set_defaults(func=_lazy("warelink.hub.cli", "hub", "user"))
 
     edge = parts.add_parser("edge", help="an edge gateway").add_subparsers(
         dest="action", required=True

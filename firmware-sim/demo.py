@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import socket
 import sys
@@ -36,9 +37,11 @@ SITE_NAMES = ["north", "south", "east", "west", "central", "harbour", "airport",
 
 
 def site_document(site: str, dev: Path, mqtt_url: str) -> dict[str, Any]:
-    """A simulated site: docks with scales, scanners and an RFID portal, a label printer,
-    a Modbus conveyor (TCP) and an RS-485 bus (a floor scale and a legacy tugger), and a
-    VDA 5050 AGV on the site's broker. Ports are picked once, when the file is written."""
+    """A simulated site: docks with scales, scanners and an RFID portal, a parcel dock
+    with a BLE scale and a BLE handheld scanner (reached through the simulator's virtual
+    controller over TCP), a label printer, a Modbus conveyor (TCP) and an RS-485 bus (a
+    floor scale and a legacy tugger), and a VDA 5050 AGV on the site's broker. Ports are
+    picked once, when the file is written."""
     registers = {
         kind: slave.register_map()
         for kind, slave in zip(
@@ -63,6 +66,13 @@ def site_document(site: str, dev: Path, mqtt_url: str) -> dict[str, Any]:
              "port": str(dev / f"dock-scanner-{dock}"), "purpose": "receive",
              "location": f"DOCK-{dock}"},
         ]  # fmt: skip
+    devices += [
+        {"id": "dock-3-ble-scale", "kind": "ble_scale", "address": "C0:FF:EE:00:03:01",
+         "name": "WS-DOCK3", "location": "DOCK-3", "scan_timeout_s": 5.0},
+        {"id": "dock-3-ble-scanner", "kind": "ble_scanner", "address": "C0:FF:EE:00:03:02",
+         "name": "BS-DOCK3", "purpose": "receive", "location": "DOCK-3",
+         "scan_timeout_s": 5.0},
+    ]  # fmt: skip
     devices += [
         {"id": "dock-printer-1", "kind": "zpl_printer", "host": "127.0.0.1",
          "port": free_port(), "location": "DOCK-1"},
@@ -93,6 +103,7 @@ def site_document(site: str, dev: Path, mqtt_url: str) -> dict[str, Any]:
             "site": site,
             "data_dir": f"{site}/gateway",
             "handheld_api": f"127.0.0.1:{free_port()}",
+            "ble": {"hci_transport": f"tcp-client:127.0.0.1:{free_port()}"},
         },
         "devices": devices,
     }
@@ -166,6 +177,10 @@ async def devices_ready(configs: list[Path], timeout: float = 20) -> None:
     paths: list[Path] = []
     addresses: list[tuple[str, int]] = []
     for config in (load_site_config(path) for path in configs):
+        hci = config.gateway.ble.hci_transport
+        if hci is not None and hci.startswith("tcp-client:"):  # the virtual BLE controller
+            host, _, port = hci.removeprefix("tcp-client:").rpartition(":")
+            addresses.append((host, int(port)))
         for device in config.devices:
             if isinstance(device, SerialDevice):
                 paths.append(Path(device.port))
@@ -207,7 +222,7 @@ async def wait_ready(url: str, hub: Child) -> None:
             await asyncio.sleep(0.2)
 
 
-async def clerk(url: str, configs: list[Path], interval_s: float = 15.0) -> None:
+async def clerk(url: str, key: str, configs: list[Path], interval_s: float = 15.0) -> None:
     """The floor's office, through the hub's command API: now and then a pallet label for
     the latest receipt at a dock, and a transport order for a site's AGV."""
     rng = random.Random(1)
@@ -219,13 +234,26 @@ async def clerk(url: str, configs: list[Path], interval_s: float = 15.0) -> None
         if isinstance(device, Vda5050AgvConfig)
     }
     n = 0
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+    failing = False
+    headers = {"X-API-Key": key}
+    async with httpx.AsyncClient(base_url=url, timeout=10, headers=headers) as http:
         while True:
             await asyncio.sleep(interval_s)
             site = sites[n % len(sites)].gateway.site
             n += 1
-            with contextlib.suppress(httpx.HTTPError, KeyError):
-                lines = (await http.get(f"/api/v1/sites/{site}/stock")).json()["lines"]
+            try:
+                stock = await http.get(f"/api/v1/sites/{site}/stock")
+                stock.raise_for_status()
+                if failing:
+                    print("demo clerk: the hub answers again", flush=True)
+                    failing = False
+            except httpx.HTTPError as exc:  # the hub restarting: said once, tried again later
+                if not failing:
+                    print(f"demo clerk: the hub did not answer ({exc}); trying again", flush=True)
+                    failing = True
+                continue
+            with contextlib.suppress(httpx.HTTPError):
+                lines = stock.json()["lines"]
                 dock = [line for line in lines if line["location"] == "DOCK-1"]
                 if not dock:
                     continue
@@ -246,6 +274,16 @@ async def clerk(url: str, configs: list[Path], interval_s: float = 15.0) -> None
                     )
 
 
+def demo_key(directory: Path) -> str:
+    """The demo's admin API key, kept in its directory so every run uses the same one."""
+    path = directory / "admin.key"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"wlk_demo{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def sscc_for(site: str, n: int) -> str:
     body = f"0{95060000:08d}{(abs(hash(site)) + n) % 10**8:08d}"[:17]
     return body + str(check_digit(body))
@@ -260,6 +298,8 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
         )
     url = f"http://{settings.http}"
     configs = site_configs(directory, sites, str(settings.mqtt_url))
+    key = settings.bootstrap_api_key or demo_key(directory)
+    os.environ["WARELINK_BOOTSTRAP_API_KEY"] = key  # the hub child makes it an admin key
     hub = Child("hub", ["hub", "serve"])
     sims = [Child(f"sim {p.stem}", ["sim", "run", "--config", str(p), "--seed", str(i + 1)])
             for i, p in enumerate(configs)]  # fmt: skip
@@ -284,10 +324,10 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
             for child in edges:
                 await child.start()
                 tasks.create_task(watch(child), name=f"relay-{child.name}")
-            clerking = tasks.create_task(clerk(url, configs), name="demo-clerk")
+            clerking = tasks.create_task(clerk(url, key, configs), name="demo-clerk")
             print(
-                f"\nwarelink demo is up: {len(configs)} sites, dashboard at {url}/"
-                f"\n  API: {url}/docs   gateways: {url}/api/v1/gateways"
+                f"\nwarelink demo is up: {len(configs)} sites, dashboard at {url}/#key={key}"
+                f"\n  API: {url}/docs (Authorize with the API key {key})"
                 f"\n  Ctrl-C stops everything; state is kept in {directory} and the database.\n",
                 flush=True,
             )

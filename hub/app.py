@@ -15,21 +15,32 @@ from typing import Annotated, Any
 
 import orjson
 import psycopg
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
-from warelink.hub import commands, queries
+from warelink.hub import auth, commands, queries
+from warelink.hub.access import Permission, Principal
+from warelink.hub.api import ROUTERS
+from warelink.hub.api.deps import Allow, HubDep
+from warelink.hub.errors import RequestError
 from warelink.hub.ingest import Ingest
 from warelink.hub.live import LiveHub, balance
 from warelink.hub.migrate import unapplied
 from warelink.hub.settings import HubSettings
 
 # ------------------------------------------------------------------ API models
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no or invalid credentials"},
+    403: {"description": "not allowed for the caller's roles or sites"},
+}
 
 
 class Site(BaseModel):
@@ -43,6 +54,9 @@ class StockLine(BaseModel):
     location: str
     sku: str
     lot: str
+    serial: str
+    lpn: str
+    status: str
     quantity: float
 
 
@@ -95,14 +109,14 @@ class Hub:
         self.live = LiveHub(epoch=self.ingest.instance)
         self.ingest.on_commit = self.live.on_commit
         self.pool = AsyncConnectionPool(settings.db_url, min_size=1, max_size=8, open=False)
+        self.authenticator = auth.Authenticator()
 
-
-def get_hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
-HubDep = Annotated[Hub, Depends(get_hub)]
+    async def bootstrap(self) -> None:
+        if self.settings.bootstrap_api_key:
+            async with self.pool.connection() as conn, conn.transaction():
+                await auth.ensure_bootstrap(
+                    self.settings.bootstrap_api_key, authenticator=self.authenticator, conn=conn
+                )
 
 
 class IngestCollector:
@@ -174,6 +188,7 @@ def create_app(settings: HubSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.pool.open()
+        await hub.bootstrap()
         ingest = asyncio.create_task(hub.ingest.run(), name="hub-ingest")
         try:
             yield
@@ -196,6 +211,28 @@ def create_app(settings: HubSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.hub = hub
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> Response:
+        return json_response({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A body that is not even UTF-8 is as invalid as bad JSON: 422, in the same shape."""
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            error = {"type": "body_unreadable", "loc": ["body"], "msg": "send UTF-8 JSON"}
+            return json_response({"detail": [error]}, 422)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(psycopg.DataError)
+    async def data_error(request: Request, exc: psycopg.DataError) -> Response:
+        """Input the database cannot hold (a NUL byte, a number out of range) is the
+        caller's to fix: 422, not 500."""
+        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        return json_response({"detail": f"invalid value: {message}"}, status_code=422)
+
+    for router in ROUTERS:
+        app.include_router(router, prefix="/api/v1")
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Response:
@@ -235,20 +272,25 @@ def create_app(settings: HubSettings) -> FastAPI:
         body = generate_latest(registry) + generate_latest(scrape)
         return Response(body, media_type="text/plain; version=0.0.4")
 
-    @app.get("/api/v1/sites", response_model=list[Site], tags=["sites"])
-    async def sites(hub: HubDep) -> Response:
+    @app.get("/api/v1/sites", response_model=list[Site], tags=["sites"], responses=AUTH_ERRORS)
+    async def sites(
+        hub: HubDep, who: Annotated[Principal, Allow(Permission.STOCK_READ)]
+    ) -> Response:
+        """The sites the caller may see."""
         async with hub.pool.connection() as conn:
-            return json_response(await queries.list_sites(conn=conn))
+            rows = await queries.list_sites(conn=conn)
+        return json_response([row for row in rows if who.covers(row["id"])])
 
     @app.get(
         "/api/v1/sites/{site}/stock",
         response_model=SiteStock,
         tags=["sites"],
-        responses={404: {"description": "no such site"}},
+        responses={**AUTH_ERRORS, 404: {"description": "no such site"}},
     )
     async def stock(
         site: str,
         hub: HubDep,
+        who: Annotated[Principal, Allow(Permission.STOCK_READ)],
         include_virtual: Annotated[
             bool, Query(description="Include supplier/customer/… virtual locations.")
         ] = False,
@@ -260,21 +302,35 @@ def create_app(settings: HubSettings) -> FastAPI:
             lines = await queries.site_stock(site, include_virtual=include_virtual, conn=conn)
         return json_response({"site": site, "lines": [balance(b) for b in lines]})
 
-    @app.get("/api/v1/gateways", response_model=list[GatewayInfo], tags=["gateways"])
-    async def gateways(hub: HubDep) -> Response:
-        """Each gateway's session, sequence watermarks and counters."""
+    @app.get(
+        "/api/v1/gateways", response_model=list[GatewayInfo], tags=["gateways"],
+        responses=AUTH_ERRORS,
+    )  # fmt: skip
+    async def gateways(
+        hub: HubDep, who: Annotated[Principal, Allow(Permission.GATEWAYS_READ)]
+    ) -> Response:
+        """Each gateway's session, sequence watermarks and counters (of the caller's sites)."""
         async with hub.pool.connection() as conn:
-            return json_response(await queries.list_gateways(conn=conn))
+            rows = await queries.list_gateways(conn=conn)
+        return json_response([row for row in rows if who.covers(row["site"])])
 
     @app.post(
         "/api/v1/sites/{site}/devices/{device}/commands",
         response_model=commands.CommandInfo,
         status_code=202,
         tags=["commands"],
-        responses={404: {"description": "no such device"}, 409: {"description": "key taken"}},
+        responses={
+            **AUTH_ERRORS,
+            404: {"description": "no such device"},
+            409: {"description": "key taken"},
+        },
     )
     async def post_command(
-        site: str, device: str, request: commands.CommandRequest, hub: HubDep
+        site: str,
+        device: str,
+        request: commands.CommandRequest,
+        hub: HubDep,
+        who: Annotated[Principal, Allow(Permission.COMMANDS_WRITE)],
     ) -> Response:
         """Send a command to a device through its gateway; the outcome comes back later.
 
@@ -302,20 +358,39 @@ def create_app(settings: HubSettings) -> FastAPI:
         "/api/v1/commands/{key}",
         response_model=commands.CommandInfo,
         tags=["commands"],
-        responses={404: {"description": "no such command"}},
+        responses={**AUTH_ERRORS, 404: {"description": "no such command"}},
     )
-    async def get_command(key: str, hub: HubDep) -> Response:
+    async def get_command(
+        key: str, hub: HubDep, who: Annotated[Principal, Allow(Permission.COMMANDS_READ)]
+    ) -> Response:
         """A command and, once the edge reported it, its outcome."""
         async with hub.pool.connection() as conn:
             row = await commands.get(key, conn=conn)
-        if row is None:
+        if row is None or not who.covers(row["site"]):
             raise HTTPException(404, f"no command {key!r}")
         return json_response(row)
 
     @app.websocket("/api/v1/live")
-    async def live(websocket: WebSocket, site: str) -> None:
-        """A snapshot of the site, then deltas, each with the site's version number."""
+    async def live(websocket: WebSocket, site: str, access_token: str | None = None) -> None:
+        """A snapshot of the site, then deltas, each with the site's version number.
+
+        Credentials as for REST, or as ``access_token`` in the query (browsers cannot set
+        headers on a websocket); ``stock.read`` on the site is needed.
+        """
         hub: Hub = websocket.app.state.hub
+        presented = access_token or websocket.headers.get("x-api-key") or ""
+        bearer = websocket.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            presented = bearer[7:]
+        try:
+            async with hub.pool.connection() as conn:
+                who = await hub.authenticator.authenticate(presented, conn=conn)
+        except auth.AuthError as exc:
+            await websocket.close(code=4401, reason=str(exc)[:120])
+            return
+        if not who.allows(Permission.STOCK_READ) or not who.covers(site):
+            await websocket.close(code=4403, reason=f"no access to site {site!r}")
+            return
         await websocket.accept()
         with hub.live.subscribe(site) as subscriber:
             version = hub.live.versions[site]

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 from psycopg import AsyncConnection
 
-from warelink.hub import store
-from warelink.hub.ledger import post_movements
+from warelink.hub import device_rules, store
 from warelink.protocol import wire
 from warelink.protocol.delivery import Coverage
 from warelink.protocol.errors import DecodeError
@@ -170,7 +169,7 @@ async def commit_events(batches: Sequence[IncomingBatch], *, conn: AsyncConnecti
             else:
                 ready = events[: bisect.bisect_right([e.seq for e in events], mark.acked_seq)]
             applied.append((mark.site, ready))
-        result.balances = await post_movements(applied, conn=conn)
+        result.balances = (await device_rules.apply(applied, conn=conn)).balances
         reports = [
             (e.gateway, e.body) for _, events in applied for e in events
             if type(e.body) is CommandReport

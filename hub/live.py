@@ -44,6 +44,9 @@ def balance(change: BalanceChange) -> dict[str, Any]:
         "location": change.location,
         "sku": change.sku,
         "lot": change.lot,
+        "serial": change.serial,
+        "lpn": change.lpn,
+        "status": change.status,
         "quantity": float(change.quantity),
     }
 

@@ -32,10 +32,11 @@ async def site_stock(
     site: str, *, include_virtual: bool = False, conn: AsyncConnection
 ) -> list[BalanceChange]:
     cur = await conn.execute(
-        "SELECT b.site, b.location, b.sku, b.lot, b.quantity FROM balances b"
+        "SELECT b.site, b.location, b.sku, b.lot, b.quantity, b.serial, b.lpn, b.status"
+        " FROM balances b"
         " JOIN locations l ON l.site = b.site AND l.code = b.location"
         " WHERE b.site = %s AND (%s OR l.kind = 'internal') AND b.quantity <> 0"
-        " ORDER BY b.location, b.sku, b.lot",
+        " ORDER BY b.location, b.sku, b.lot, b.serial, b.lpn, b.status",
         (site, include_virtual),
     )
     return [BalanceChange(*row) for row in await cur.fetchall()]

@@ -20,6 +20,11 @@ class HubSettings(BaseSettings):
     share_group: str = "warelink-hub"
     ingest_max_events: int = 5000  # per transaction at most
     ingest_max_wait_ms: int = 10  # gather this long for a fuller transaction
+    # An admin API key (wlk_<id>_<secret>) made to work at start: for the first setup, the
+    # demo and tests. Unset it once real users exist.
+    bootstrap_api_key: str | None = None
+    # Adjustments moving more units than this need a supervisor's approval.
+    adjustment_approval_threshold: int = 10
 
     @field_validator("http")
     @classmethod

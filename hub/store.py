@@ -42,6 +42,9 @@ class BalanceChange:
     sku: str
     lot: str
     quantity: Decimal
+    serial: str = ""
+    lpn: str = ""
+    status: str = "available"
 
 
 def event_rows(site: str, events: Iterable[Event], received_at: dt.datetime) -> list[Row]:
@@ -199,7 +202,10 @@ async def record_command_reports(
             )
 
 
-EFFECT_TYPES = ["receipt", "shipment", "movement", "command_report"]
+EFFECT_TYPES = [
+    "receipt", "shipment", "movement", "count", "verification", "zone_transition",
+    "command_report",
+]  # fmt: skip
 _body = msgspec.json.Decoder(EventBody)
 
 

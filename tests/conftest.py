@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.support.api import Api, running_api
 from tests.support.hub import HubProcess
 from tests.support.services import free_port
 from warelink.hub.migrate import migrate
@@ -88,3 +89,10 @@ async def hub(hub_settings: HubSettings, tmp_path: object) -> AsyncIterator[HubP
         yield process
     finally:
         await process.stop()
+
+
+@pytest.fixture
+async def api(hub_settings: HubSettings) -> AsyncIterator[Api]:
+    """The hub's REST API in process on this test's database; ``await api.client(...)``."""
+    async with running_api(hub_settings) as running:
+        yield running

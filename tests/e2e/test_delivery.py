@@ -168,7 +168,10 @@ async def test_malformed_events_payload_is_counted_dropped_and_ingest_goes_on(
         )
         await wait_caught_up(hub, [gateway], timeout=20)
     stock = await hub.get("/api/v1/sites/site-x/stock")
-    assert stock["lines"] == [{"location": "DOCK-1", "sku": GTINS[0], "lot": "", "quantity": 3.0}]
+    assert stock["lines"] == [
+        {"location": "DOCK-1", "sku": GTINS[0], "lot": "", "serial": "", "lpn": "",
+         "status": "available", "quantity": 3.0}
+    ]  # fmt: skip
 
 
 async def test_batches_delivered_twice_are_stored_once(hub: HubProcess, mqtt_prefix: str) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psycopg
 
 from tests.conftest import MQTT_HOST, MQTT_PORT
 from tests.support.services import free_port
@@ -22,6 +23,7 @@ async def test_the_demo_runs_two_sites_with_live_data_and_no_error(
         "WARELINK_MQTT_URL": f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
         "WARELINK_MQTT_PREFIX": mqtt_prefix,
         "WARELINK_HTTP": http,
+        "WARELINK_BOOTSTRAP_API_KEY": "",  # unset: the demo makes its own and keeps it
     }
     demo = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "warelink.edge.cli", "demo", "--dir", str(tmp_path / "demo"),
@@ -30,15 +32,33 @@ async def test_the_demo_runs_two_sites_with_live_data_and_no_error(
     )  # fmt: skip
     output = asyncio.ensure_future(demo.communicate())
     await asyncio.sleep(40)
-    async with httpx.AsyncClient(base_url=f"http://{http}", timeout=10) as client:
+    key = (tmp_path / "demo" / "admin.key").read_text().strip()
+    headers = {"X-API-Key": key}
+    async with httpx.AsyncClient(base_url=f"http://{http}", timeout=10, headers=headers) as client:
         gateways = (await client.get("/api/v1/gateways")).json()
         stock = (await client.get("/api/v1/sites/north/stock")).json()
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        ble = await (
+            await conn.execute(
+                "SELECT gateway, device, type FROM events"
+                " WHERE device LIKE 'dock-3-ble-%' AND cls = 1 GROUP BY 1, 2, 3"
+            )
+        ).fetchall()
     out, _ = await asyncio.wait_for(output, 60)
     log = out.decode()
     assert demo.returncode == 0, log[-3000:]
     assert sorted(g["id"] for g in gateways) == ["gw-north", "gw-south"]
     assert all(g["online"] and g["events_received"] > 50 for g in gateways), gateways
     assert stock["lines"], "no stock at the north site"
+    assert f"/#key={key}" in log  # the dashboard link signs the browser in
+    assert "demo clerk: the hub did not answer" not in log
+    # BLE devices cross processes too: the simulator hosts them, the gateway reaches them
+    # over an HCI transport, and their ledger events (weights, receipts) reach the hub.
+    assert sorted(ble) == [
+        (gateway, device, kind)
+        for gateway in ("gw-north", "gw-south")
+        for device, kind in (("dock-3-ble-scale", "weight"), ("dock-3-ble-scanner", "receipt"))
+    ]
     problems = [line for line in log.splitlines()
                 if "[error" in line or "[critical" in line or "Traceback" in line
                 or "Unhandled exception" in line]  # fmt: skip

@@ -66,7 +66,7 @@ async def test_a_pallet_scanned_at_the_dock_shows_up_live(
     config = load_site_config(path)
     scenario = DockScenario(config, seed=7)
     gateway = Gateway(config, edge_settings(mqtt_prefix))
-    ws_url = hub.url.replace("http", "ws") + "/api/v1/live?site=site-e2e"
+    ws_url = hub.url.replace("http", "ws") + f"/api/v1/live?site=site-e2e&access_token={hub.key}"
     async with scenario.devices(), running(gateway), connect(ws_url) as ws:
         live = LiveClient(ws)
         snapshot = await live.next()
@@ -92,7 +92,8 @@ async def test_a_pallet_scanned_at_the_dock_shows_up_live(
         await wait_caught_up(hub, [gateway], timeout=20)
 
     stored = await hub.get("/api/v1/sites/site-e2e/stock")
-    assert {"location": "DOCK-1", "sku": label.gtin, "lot": label.lot,
+    assert {"location": "DOCK-1", "sku": label.gtin, "lot": label.lot, "serial": "",
+            "lpn": label.sscc, "status": "available",
             "quantity": float(label.count)} in stored["lines"]  # fmt: skip
     ledger = await hub.get("/api/v1/sites/site-e2e/stock?include_virtual=true")
     assert sum(line["quantity"] for line in ledger["lines"]) == 0  # double entry

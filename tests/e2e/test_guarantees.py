@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import httpx
 import msgspec
 
 from tests.conftest import MQTT_HOST, MQTT_PORT
@@ -129,7 +128,7 @@ async def test_commands_run_once_expire_while_offline_and_report_exactly_once(
     commands = f"{hub.url}/api/v1/sites/site-c/devices/scale-1/commands"
     async with (
         SimulatedScale(port, __import__("random").Random(3)) as scale,
-        httpx.AsyncClient() as http,
+        hub.client() as http,
     ):
         async with running(Gateway(config, edge_settings(mqtt_prefix))):
             await until(lambda: gateway_row(hub, "gw-c"))  # born: the hub knows its devices
@@ -177,7 +176,7 @@ async def test_every_counter_is_in_edge_status_the_gateways_api_and_both_metrics
         "acked_seq", "events_resent", "dropped_ledger", "dropped_telemetry", "replays_answered",
     ]  # fmt: skip
     hub_figures = ["duplicates_dropped", "gaps_detected", "gaps_filled", "acked_seq"]
-    async with running(gateway), httpx.AsyncClient() as http:
+    async with running(gateway), hub.client() as http:
         await gateway.outbox.add("s", TrafficClass.TELEMETRY, WeightReading(1.0, "kg", False))
         await wait_caught_up(hub, [gateway], timeout=20)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Mapping
 
 
-async def warelink(*args: str) -> str:
+async def warelink(*args: str, env: Mapping[str, str] | None = None) -> str:
     """Run ``warelink ARGS``; returns its stdout, raises with its stderr on failure."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "warelink.edge.cli", *args,
+        sys.executable, "-m", "warelink.edge.cli", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await process.communicate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 from typing import Any
@@ -19,6 +20,8 @@ class HubProcess:
         self.url = f"http://{settings.http}"
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
+        self.key = f"wlk_boot{secrets.token_hex(4)}_{secrets.token_urlsafe(16)}"  # admin
+        self.headers = {"X-API-Key": self.key}
 
     def env(self) -> dict[str, str]:
         return os.environ | {
@@ -26,6 +29,7 @@ class HubProcess:
             "WARELINK_MQTT_URL": str(self.settings.mqtt_url),
             "WARELINK_MQTT_PREFIX": self.settings.mqtt_prefix,
             "WARELINK_HTTP": self.settings.http,
+            "WARELINK_BOOTSTRAP_API_KEY": self.key,
         }
 
     async def start(self, *, timeout: float = 30) -> None:
@@ -67,8 +71,12 @@ class HubProcess:
             self.process.kill()
             await self.process.wait()
 
+    def client(self) -> httpx.AsyncClient:
+        """An HTTP client on the hub, as its bootstrap admin."""
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=10)
+
     async def get(self, path: str) -> Any:
-        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
+        async with self.client() as client:
             response = await client.get(path)
             response.raise_for_status()
             return response.json()

@@ -1,0 +1,25 @@
+"""The REST API under /api/v1, one router per area; ``deps`` holds what routes share."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from warelink.hub.api import (
+    analytics,
+    exceptions,
+    identities,
+    inbound,
+    masterdata,
+    outbound,
+    stock_control,
+)
+
+ROUTERS: list[APIRouter] = [
+    identities.router,
+    masterdata.router,
+    inbound.router,
+    outbound.router,
+    stock_control.router,
+    exceptions.router,
+    analytics.router,
+]

@@ -1,0 +1,420 @@
+"""REST routes: logging in, who am I, identities and their API keys, the audit log.
+
+Secrets travel only in the answer that creates them (a token, a new API key) and are never
+stored in clear: not in the database, not in the audit log, not in the idempotency store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import Response
+from fastapi.security import OAuth2PasswordRequestForm
+from psycopg import AsyncConnection
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+
+from warelink.hub import audit, audit_search, auth, identities
+from warelink.hub.access import ROLE_PERMISSIONS, Permission, Principal, Role
+from warelink.hub.api.deps import Allow, Authenticated, Conn, HubDep, IdempotencyKey, Idempotent
+
+if TYPE_CHECKING:
+    from warelink.hub.app import Hub
+
+router = APIRouter(tags=["identities"])
+
+IdentityId = Annotated[str, StringConstraints(pattern=identities.IDENTITY_PATTERN)]
+SiteId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Password = Annotated[
+    str,
+    StringConstraints(min_length=identities.MIN_PASSWORD, max_length=identities.MAX_PASSWORD),
+]
+DisplayName = Annotated[str, StringConstraints(max_length=200)]
+Roles = Annotated[list[Role], Field(min_length=1, max_length=len(Role))]
+Sites = Annotated[
+    list[SiteId] | None,
+    Field(max_length=200, description="The sites this identity may act on; null: every site."),
+]
+IdentityPath = Annotated[str, Path(pattern=identities.IDENTITY_PATTERN, description="identity id")]
+KeyPath = Annotated[str, Path(min_length=1, max_length=64, description="API key id")]
+
+
+class Problem(BaseModel):
+    """An error: a message a person can act on (or FastAPI's list of field errors)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        401: "no or invalid credentials",
+        403: "not allowed for the caller's roles or sites",
+        404: "no such identity or key (or outside the caller's sites)",
+        409: "conflicts with the current state",
+        422: "invalid request",
+    }
+    return {code: {"model": Problem, "description": text[code]} for code in codes}
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: int = Field(description="seconds until the token expires")
+
+
+class Me(BaseModel):
+    id: str
+    kind: Literal["user", "service"]
+    roles: list[Role]
+    sites: list[str] | None = Field(description="null: every site")
+    permissions: list[Permission]
+
+
+class IdentityInfo(BaseModel):
+    id: str
+    kind: Literal["user", "service"]
+    display_name: str
+    roles: list[Role]
+    sites: list[str] | None = Field(description="null: every site")
+    active: bool
+    has_password: bool
+    created_by: str
+    created_at: dt.datetime
+
+
+class NewUser(BaseModel):
+    id: IdentityId
+    display_name: DisplayName = ""
+    roles: Roles
+    sites: Sites = None
+    password: Password = Field(
+        description=f"at least {identities.MIN_PASSWORD} characters, not containing the id"
+    )
+
+
+class NewService(BaseModel):
+    id: IdentityId
+    display_name: DisplayName = ""
+    roles: Roles
+    sites: Sites = None
+
+
+class IdentityChange(BaseModel):
+    """Only the fields given change; ``sites: null`` means every site."""
+
+    display_name: DisplayName | None = None
+    roles: Roles | None = None
+    sites: Sites = None
+    active: bool | None = None
+
+
+class PasswordReset(BaseModel):
+    password: Password
+
+
+class PasswordChange(BaseModel):
+    current_password: Annotated[str, StringConstraints(max_length=identities.MAX_PASSWORD)]
+    new_password: Password
+
+
+class KeyInfo(BaseModel):
+    id: str
+    identity: str
+    name: str
+    created_by: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class NewKey(KeyInfo):
+    key: str | None = Field(
+        description="The whole key, shown this once (null on an idempotent replay: revoke"
+        " the key and create another if it was lost). Send it as X-API-Key."
+    )
+
+
+class KeyRequest(BaseModel):
+    name: Annotated[str, StringConstraints(max_length=100)] = ""
+    expires_at: AwareDatetime | None = None
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    site: str | None
+    subject: str
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page")
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+# ------------------------------------------------------------------ login
+
+
+@router.post("/auth/token", response_model=Token, responses=problems(401, 422))
+async def token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], hub: HubDep, conn: Conn
+) -> Response:
+    """OAuth2 password flow: a user's name and password for a bearer token (8 hours)."""
+    async with conn.transaction():
+        try:
+            bearer, expires = await auth.login(
+                form.username, form.password, authenticator=hub.authenticator, conn=conn
+            )
+        except auth.AuthError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+        credential = (auth.split(bearer) or ("", "", ""))[1]
+        await audit.record(form.username, "auth.login", subject=credential, conn=conn)
+    seconds = int((expires - dt.datetime.now(dt.UTC)).total_seconds())
+    response = _json({"access_token": bearer, "token_type": "bearer", "expires_in": seconds})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get("/auth/me", response_model=Me, responses=problems(401))
+async def me(who: Authenticated) -> Response:
+    """Who the credentials belong to, and what they allow (any valid credential)."""
+    permissions = sorted({p for role in who.roles for p in ROLE_PERMISSIONS[role]})
+    return _json({
+        "id": who.id, "kind": who.kind, "roles": sorted(who.roles),
+        "sites": None if who.sites is None else sorted(who.sites), "permissions": permissions,
+    })  # fmt: skip
+
+
+@router.post("/auth/password", response_model=IdentityInfo, responses=problems(401, 422))
+async def change_own_password(
+    body: PasswordChange, who: Authenticated, hub: HubDep, conn: Conn, key: IdempotencyKey = None
+) -> Response:
+    """A user changes their own password; their other login tokens are revoked."""
+    async with Idempotent(conn, who, key, {"own_password": who.id}) as write:
+        if write.stored:
+            return write.stored
+        row = await identities.change_own_password(
+            body.current_password, body.new_password, authenticator=hub.authenticator,
+            who=who, conn=conn,
+        )  # fmt: skip
+        return await write.answer(200, row)
+
+
+# ------------------------------------------------------------------ identities
+
+Admin = Annotated[Principal, Allow(Permission.IDENTITIES_ADMIN)]
+
+
+@router.get("/identities", response_model=list[IdentityInfo], responses=problems(401, 403, 422))
+async def list_identities(
+    who: Admin,
+    conn: Conn,
+    kind: Literal["user", "service"] | None = None,
+    active: bool | None = None,
+) -> Response:
+    """Identities the caller may manage (a site-scoped admin: those within their sites)."""
+    return _json(await identities.list_all(who=who, kind=kind, active=active, conn=conn))
+
+
+async def _create(
+    body: NewUser | NewService,
+    kind: str,
+    who: Principal,
+    hub: Hub,
+    conn: AsyncConnection,
+    key: str | None,
+) -> Response:
+    password = body.password if isinstance(body, NewUser) else None
+    payload = body.model_dump(mode="json", exclude={"password"})
+    async with Idempotent(conn, who, key, {"kind": kind, **payload}) as write:
+        if write.stored:
+            return write.stored
+        row = await identities.create(
+            body.id, kind=kind, roles=body.roles, sites=body.sites,
+            display_name=body.display_name, password=password,
+            authenticator=hub.authenticator, who=who, conn=conn,
+        )  # fmt: skip
+        return await write.answer(201, row)
+
+
+@router.post(
+    "/identities/users",
+    response_model=IdentityInfo,
+    status_code=201,
+    responses=problems(401, 403, 409, 422),
+)
+async def create_user(
+    body: NewUser, who: Admin, hub: HubDep, conn: Conn, key: IdempotencyKey = None
+) -> Response:
+    """A person who logs in with a password (``POST /auth/token``)."""
+    return await _create(body, "user", who, hub, conn, key)
+
+
+@router.post(
+    "/identities/services",
+    response_model=IdentityInfo,
+    status_code=201,
+    responses=problems(401, 403, 409, 422),
+)
+async def create_service(
+    body: NewService, who: Admin, hub: HubDep, conn: Conn, key: IdempotencyKey = None
+) -> Response:
+    """A gateway or another system; it authenticates with API keys. A gateway: one site."""
+    return await _create(body, "service", who, hub, conn, key)
+
+
+@router.get(
+    "/identities/{identity}", response_model=IdentityInfo, responses=problems(401, 403, 404, 422)
+)
+async def get_identity(identity: IdentityPath, who: Admin, conn: Conn) -> Response:
+    return _json(await identities.get(identity, who=who, conn=conn))
+
+
+@router.patch(
+    "/identities/{identity}",
+    response_model=IdentityInfo,
+    responses=problems(401, 403, 404, 409, 422),
+)
+async def update_identity(
+    identity: IdentityPath,
+    body: IdentityChange,
+    who: Admin,
+    hub: HubDep,
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Change roles, sites, display name or active; effective at once on this hub."""
+    changes = body.model_dump(mode="json", exclude_unset=True)
+    for field in ("display_name", "roles", "active"):
+        if field in changes and changes[field] is None:
+            del changes[field]  # null there means "unchanged"; only sites has a null meaning
+    async with Idempotent(conn, who, key, {"identity": identity, **changes}) as write:
+        if write.stored:
+            return write.stored
+        row = await identities.update(
+            identity, changes, authenticator=hub.authenticator, who=who, conn=conn
+        )
+        return await write.answer(200, row)
+
+
+@router.put(
+    "/identities/{identity}/password",
+    response_model=IdentityInfo,
+    responses=problems(401, 403, 404, 422),
+)
+async def reset_password(
+    identity: IdentityPath,
+    body: PasswordReset,
+    who: Admin,
+    hub: HubDep,
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Set a user's password (e.g. when forgotten); their login tokens are revoked."""
+    async with Idempotent(conn, who, key, {"password_of": identity}) as write:
+        if write.stored:
+            return write.stored
+        row = await identities.set_password(
+            identity, body.password, action="identity.password.reset",
+            authenticator=hub.authenticator, who=who, conn=conn,
+        )  # fmt: skip
+        return await write.answer(200, row)
+
+
+# ------------------------------------------------------------------ API keys
+
+
+@router.get(
+    "/identities/{identity}/keys",
+    response_model=list[KeyInfo],
+    responses=problems(401, 403, 404, 422),
+)
+async def list_keys(identity: IdentityPath, who: Admin, conn: Conn) -> Response:
+    """An identity's API keys, revoked ones included; never their secrets."""
+    return _json(await identities.list_keys(identity, who=who, conn=conn))
+
+
+@router.post(
+    "/identities/{identity}/keys",
+    response_model=NewKey,
+    status_code=201,
+    responses=problems(401, 403, 404, 422),
+)
+async def create_key(
+    identity: IdentityPath,
+    body: KeyRequest,
+    who: Admin,
+    hub: HubDep,
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """A new API key for the identity; the answer shows it once (send it as X-API-Key)."""
+    payload = {"identity": identity, **body.model_dump(mode="json")}
+    async with Idempotent(conn, who, key, payload) as write:
+        if write.stored:
+            return write.stored
+        row = await identities.create_key(
+            identity, name=body.name, expires_at=body.expires_at,
+            authenticator=hub.authenticator, who=who, conn=conn,
+        )  # fmt: skip
+        secret = row.pop("key")
+        await write.answer(201, {**row, "key": None})  # the stored replay holds no secret
+        return _json({**row, "key": secret}, 201)
+
+
+@router.delete(
+    "/identities/{identity}/keys/{key_id}",
+    response_model=KeyInfo,
+    responses=problems(401, 403, 404, 409, 422),
+)
+async def revoke_key(
+    identity: IdentityPath,
+    key_id: KeyPath,
+    who: Admin,
+    hub: HubDep,
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Revoke an API key: refused at once by this hub, by others within 30 seconds."""
+    async with Idempotent(conn, who, key, {"revoke": f"{identity}/{key_id}"}) as write:
+        if write.stored:
+            return write.stored
+        row = await identities.revoke_key(
+            identity, key_id, authenticator=hub.authenticator, who=who, conn=conn
+        )
+        return await write.answer(200, row)
+
+
+# ------------------------------------------------------------------ audit
+
+Text = Annotated[str | None, Query(min_length=1, max_length=200)]
+
+
+@router.get("/audit", response_model=AuditPage, tags=["audit"], responses=problems(401, 403, 422))
+async def audit_log(
+    who: Annotated[Principal, Allow(Permission.AUDIT_READ)],
+    conn: Conn,
+    site: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    actor: Text = None,
+    action: Text = None,
+    subject: Text = None,
+    since: Annotated[dt.datetime | None, Query(description="at or after")] = None,
+    until: Annotated[dt.datetime | None, Query(description="before")] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="id cursor")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> Response:
+    """Every write with its actor, newest first; site-scoped callers see their sites' rows."""
+    rows = await audit_search.search(
+        who=who, site=site, actor=actor, action=action, subject=subject, since=since,
+        until=until, before=before, limit=limit, conn=conn,
+    )  # fmt: skip
+    more = len(rows) == limit
+    return _json({"items": rows, "next_before": rows[-1]["id"] if more else None})

@@ -1,0 +1,518 @@
+"""REST routes: inbound — advance notices, receipts, QC, putaway, returns, transfers.
+
+Thin: validate, run the domain function of ``hub/inbound.py``, ``hub/putaway.py`` or
+``hub/transfers.py`` inside ``Idempotent`` for writes, answer. Quantities are decimals
+and travel as JSON strings in answers (exact); requests take numbers or strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+
+from warelink.hub import inbound, putaway, transfers
+from warelink.hub.access import Permission, Principal
+from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.errors import Forbidden
+
+router = APIRouter(tags=["inbound"])
+
+# No control characters (PostgreSQL text cannot hold NUL; codes have no line breaks).
+_TEXT = r"^[^\x00-\x1f\x7f]*$"
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_TEXT)]
+OptCode = Annotated[str, StringConstraints(max_length=64, pattern=_TEXT)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_TEXT)]
+Quantity = Annotated[Decimal, Field(gt=0, le=1_000_000_000, decimal_places=6)]
+Id = Annotated[int, Path(ge=1, le=2**62)]
+SitePath = Annotated[str, Path(min_length=1, max_length=64, pattern=_TEXT)]
+
+
+class Problem(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "the body is not JSON", 401: "no valid credentials",
+        403: "role or site not allowed", 404: "not found",
+        409: "clashes with the current state (stock, document state)",
+        422: "invalid request, or Idempotency-Key reused with another body",
+    }  # fmt: skip
+    return {code: {"model": Problem, "description": text[code]} for code in codes}
+
+
+READ = _errors(401, 403, 404, 422)
+WRITE = _errors(400, 401, 403, 404, 409, 422)
+
+
+def _model(model: type[BaseModel], obj: Any) -> dict[str, Any]:
+    """A domain answer as the JSON its response model describes."""
+    return model.model_validate(obj, from_attributes=True).model_dump(mode="json")
+
+
+def _body(op: str, scope: object, body: BaseModel) -> dict[str, Any]:
+    """What the Idempotency-Key fingerprint covers: the operation, its path and its body."""
+    return {"op": op, "scope": scope, "body": body.model_dump(mode="json")}
+
+
+# ------------------------------------------------------------------ advance notices
+
+
+class NoticeLineIn(BaseModel):
+    sku: Code = Field(description="SKU code or GTIN")
+    quantity: Quantity
+    lot: OptCode = ""
+    expiry: dt.date | None = None
+
+
+class NoticeIn(BaseModel):
+    reference: Code
+    supplier: Annotated[str, StringConstraints(max_length=200, pattern=_TEXT)] = ""
+    expected_at: AwareDatetime | None = None
+    lines: list[NoticeLineIn] = Field(min_length=1, max_length=500)
+
+
+class NoticeLineOut(BaseModel):
+    line: int
+    sku: str
+    lot: str
+    expiry: dt.date | None
+    expected: Decimal
+    received: Decimal = Field(description="sum of the movements of document asn:<id>/<line>")
+
+
+class NoticeOut(BaseModel):
+    id: int
+    site: str
+    reference: str
+    supplier: str
+    expected_at: dt.datetime | None
+    state: Literal["open", "closed", "cancelled"]
+    created_by: str
+    created_at: dt.datetime
+    lines: list[NoticeLineOut]
+
+
+class NoticeSummaryOut(BaseModel):
+    id: int
+    reference: str
+    supplier: str
+    expected_at: dt.datetime | None
+    state: Literal["open", "closed", "cancelled"]
+    created_at: dt.datetime
+    lines: int
+    expected: Decimal
+    received: Decimal
+
+
+@router.post("/sites/{site}/notices", status_code=201, response_model=NoticeOut, responses=WRITE)
+async def create_notice(
+    site: SitePath,
+    body: NoticeIn,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.NOTICES_WRITE)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """Announce an inbound shipment (ASN): its lines say what is expected."""
+    async with Idempotent(conn, who, key, _body("notice.create", site, body)) as write:
+        if write.stored:
+            return write.stored
+        lines = [inbound.NoticeLineIn(**line.model_dump()) for line in body.lines]
+        notice = await inbound.create_notice(
+            site, body.reference, body.supplier, body.expected_at, lines,
+            actor=who.actor, conn=conn,
+        )  # fmt: skip
+        return await write.answer(201, _model(NoticeOut, notice))
+
+
+@router.get("/sites/{site}/notices", response_model=list[NoticeSummaryOut], responses=READ)
+async def list_notices(
+    site: SitePath,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.STOCK_READ)],
+    state: Literal["open", "closed", "cancelled"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[NoticeSummaryOut]:
+    """Notices of a site, newest first, with expected and received totals."""
+    found = await inbound.list_notices(site, state, limit, offset, conn=conn)
+    return [NoticeSummaryOut.model_validate(n, from_attributes=True) for n in found]
+
+
+@router.get("/sites/{site}/notices/{notice}", response_model=NoticeOut, responses=READ)
+async def get_notice(
+    site: SitePath,
+    notice: Id,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.STOCK_READ)],
+) -> NoticeOut:
+    """A notice with each line's expected and received quantity."""
+    found = await inbound.get_notice(site, notice, conn=conn)
+    return NoticeOut.model_validate(found, from_attributes=True)
+
+
+async def _finish(
+    site: str, notice: int, to_state: str, conn: Any, who: Principal, key: str | None
+) -> Response:
+    async with Idempotent(conn, who, key, {"op": to_state, "scope": [site, notice]}) as write:
+        if write.stored:
+            return write.stored
+        done = await inbound.finish_notice(site, notice, to_state, actor=who.actor, conn=conn)
+        return await write.answer(200, _model(NoticeOut, done))
+
+
+@router.post("/sites/{site}/notices/{notice}/close", response_model=NoticeOut, responses=WRITE)
+async def close_notice(
+    site: SitePath,
+    notice: Id,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.RECEIVE)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """Receiving is done: the notice closes, short lines stay short (see the audit log)."""
+    return await _finish(site, notice, "closed", conn, who, key)
+
+
+@router.post("/sites/{site}/notices/{notice}/cancel", response_model=NoticeOut, responses=WRITE)
+async def cancel_notice(
+    site: SitePath,
+    notice: Id,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.NOTICES_WRITE)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """The shipment will not come: only a notice with nothing received can be cancelled."""
+    return await _finish(site, notice, "cancelled", conn, who, key)
+
+
+# ------------------------------------------------------------------ receipts and returns
+
+
+class ReceiptIn(BaseModel):
+    location: Code = Field(description="a location in a dock zone")
+    quantity: Quantity
+    sku: OptCode = Field("", description="SKU code or GTIN; may be left out with a notice")
+    notice: int | None = Field(None, ge=1, le=2**62)
+    line: int | None = Field(None, ge=1, le=100_000)
+    lot: OptCode = ""
+    expiry: dt.date | None = None
+    serial: OptCode = ""
+    lpn: OptCode = Field("", description="licence plate; 18 digits: an SSCC, check digit checked")
+    qc: bool = Field(False, description="put on QC hold even if the SKU does not require it")
+
+
+class ReceivedOut(BaseModel):
+    movement: int
+    sku: str
+    lot: str
+    expiry: dt.date | None
+    serial: str
+    lpn: str
+    location: str
+    status: Literal["available", "qc_hold"]
+    quantity: Decimal
+    notice: int | None
+    line: int | None
+    expected: Decimal | None
+    received: Decimal | None = Field(description="on the notice line, this receipt included")
+    over_received: Decimal = Field(description="the notice line's receipts beyond expected")
+    exceptions: list[int] = Field(description="exceptions the posting opened")
+
+
+@router.post("/sites/{site}/receipts", status_code=201, response_model=ReceivedOut, responses=WRITE)
+async def receive(
+    site: SitePath,
+    body: ReceiptIn,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.RECEIVE)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """Receive goods into a dock location, against a notice line or without one."""
+    async with Idempotent(conn, who, key, _body("receive", site, body)) as write:
+        if write.stored:
+            return write.stored
+        r = inbound.ReceiptIn(**body.model_dump())
+        done = await inbound.receive(site, r, actor=who.actor, conn=conn)
+        return await write.answer(201, _model(ReceivedOut, done))
+
+
+class ReturnIn(BaseModel):
+    reference: Code = Field(description="the customer's return (RMA) reference")
+    location: Code
+    sku: Code = Field(description="SKU code or GTIN")
+    quantity: Quantity
+    reason: Annotated[str, StringConstraints(max_length=200, pattern=_TEXT)] = ""
+    lot: OptCode = ""
+    expiry: dt.date | None = None
+    serial: OptCode = ""
+    lpn: OptCode = ""
+
+
+@router.post("/sites/{site}/returns", status_code=201, response_model=ReceivedOut, responses=WRITE)
+async def receive_return(
+    site: SitePath,
+    body: ReturnIn,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.RETURNS)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """Take goods back from a customer: always onto QC hold (document return:<reference>)."""
+    async with Idempotent(conn, who, key, _body("return", site, body)) as write:
+        if write.stored:
+            return write.stored
+        r = inbound.ReturnIn(**body.model_dump())
+        done = await inbound.receive_return(site, r, actor=who.actor, conn=conn)
+        return await write.answer(201, _model(ReceivedOut, done))
+
+
+# ------------------------------------------------------------------ QC
+
+
+class QcIn(BaseModel):
+    decision: Literal["release", "reject"]
+    location: Code
+    sku: Code = Field(description="SKU code or GTIN")
+    quantity: Quantity
+    reason: Reason
+    disposition: Literal["scrap", "damaged"] = Field(
+        "scrap", description="for a reject: to SCRAP, or kept in place as damaged"
+    )
+    lot: OptCode = ""
+    serial: OptCode = ""
+    lpn: OptCode = ""
+
+
+class DecidedOut(BaseModel):
+    movement: int
+    kind: Literal["qc_release", "qc_reject"]
+    sku: str
+    lot: str
+    serial: str
+    lpn: str
+    from_location: str
+    to_location: str
+    to_status: Literal["available", "damaged"]
+    quantity: Decimal
+    reason: str
+    exceptions: list[int]
+
+
+@router.post("/sites/{site}/qc", status_code=201, response_model=DecidedOut, responses=WRITE)
+async def decide_qc(
+    site: SitePath,
+    body: QcIn,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.QC)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """Release stock on QC hold (available in place) or reject it, with a reason."""
+    async with Idempotent(conn, who, key, _body("qc", site, body)) as write:
+        if write.stored:
+            return write.stored
+        q = inbound.QcIn(**body.model_dump())
+        done = await inbound.decide_qc(site, q, actor=who.actor, conn=conn)
+        return await write.answer(201, _model(DecidedOut, done))
+
+
+# ------------------------------------------------------------------ putaway
+
+
+class CandidateOut(BaseModel):
+    location: str
+    zone: str
+    capacity: Decimal | None
+    on_hand: Decimal
+    holds_sku: bool
+    holds_lot: bool
+
+
+class SuggestionOut(BaseModel):
+    sku: str
+    lot: str
+    quantity: Decimal
+    location: str | None = Field(description="null: no storage location fits")
+    reason: str
+    alternatives: list[CandidateOut]
+
+
+@router.get("/sites/{site}/putaway/suggestion", response_model=SuggestionOut, responses=READ)
+async def suggest_putaway(
+    site: SitePath,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.PUTAWAY)],
+    sku: Annotated[str, Query(min_length=1, max_length=64, pattern=_TEXT)],
+    quantity: Annotated[Decimal, Query(gt=0, le=1_000_000_000, decimal_places=6)],
+    lot: Annotated[str, Query(max_length=64, pattern=_TEXT)] = "",
+    from_location: Annotated[
+        str | None, Query(alias="from", min_length=1, max_length=64, pattern=_TEXT)
+    ] = None,
+) -> SuggestionOut:
+    """Where to put stock away, by zone, SKU class, free capacity and what is there."""
+    found = await putaway.suggest(site, sku, lot, quantity, from_location, conn=conn)
+    return SuggestionOut.model_validate(found, from_attributes=True)
+
+
+class PutawayIn(BaseModel):
+    from_location: Code
+    to_location: Code
+    sku: Code = Field(description="SKU code or GTIN")
+    quantity: Quantity
+    lot: OptCode = ""
+    serial: OptCode = ""
+    lpn: OptCode = ""
+    status: Literal["available", "qc_hold", "damaged"] = "available"
+
+
+class PutAwayOut(BaseModel):
+    movement: int
+    sku: str
+    lot: str
+    serial: str
+    lpn: str
+    status: str
+    quantity: Decimal
+    from_location: str
+    to_location: str
+    suggested: str | None = Field(description="where the suggestion rule would have put it")
+    warnings: list[str]
+    exceptions: list[int]
+
+
+@router.post("/sites/{site}/putaways", status_code=201, response_model=PutAwayOut, responses=WRITE)
+async def put_away(
+    site: SitePath,
+    body: PutawayIn,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.PUTAWAY)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """Move stock from the dock into a location (the suggested one or the clerk's choice)."""
+    async with Idempotent(conn, who, key, _body("putaway", site, body)) as write:
+        if write.stored:
+            return write.stored
+        p = putaway.PutawayIn(**body.model_dump())
+        done = await putaway.put_away(site, p, actor=who.actor, conn=conn)
+        return await write.answer(201, _model(PutAwayOut, done))
+
+
+# ------------------------------------------------------------------ transfers
+
+
+class TransferLineIn(BaseModel):
+    location: Code = Field(description="where it leaves from at the sending site")
+    sku: Code = Field(description="SKU code or GTIN")
+    quantity: Quantity
+    lot: OptCode = ""
+    serial: OptCode = ""
+    lpn: OptCode = ""
+
+
+class TransferIn(BaseModel):
+    from_site: Code
+    to_site: Code
+    lines: list[TransferLineIn] = Field(min_length=1, max_length=500)
+
+
+class TransferReceiptLineIn(BaseModel):
+    sku: Code = Field(description="SKU code or GTIN")
+    quantity: Quantity
+    lot: OptCode = ""
+    serial: OptCode = ""
+    lpn: OptCode = ""
+
+
+class TransferReceiptIn(BaseModel):
+    location: Code = Field(description="where it goes at the receiving site")
+    lines: list[TransferReceiptLineIn] = Field(min_length=1, max_length=500)
+
+
+class TransferLineOut(BaseModel):
+    sku: str
+    lot: str
+    serial: str
+    lpn: str
+    shipped: Decimal
+    received: Decimal
+    in_transit: Decimal
+
+
+class TransferOut(BaseModel):
+    id: int
+    from_site: str
+    to_site: str
+    state: Literal["in_transit", "received", "cancelled"]
+    created_by: str
+    created_at: dt.datetime
+    lines: list[TransferLineOut]
+    movements: list[int] = Field(description="posted by this request (empty for a read)")
+    exceptions: list[int]
+
+
+@router.post("/transfers", status_code=201, response_model=TransferOut, responses=WRITE)
+async def ship_transfer(
+    body: TransferIn,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.TRANSFER)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """Ship stock to another site: it waits in the sending site's TRANSIT until received."""
+    if not who.covers(body.from_site):
+        raise Forbidden(f"shipping from site {body.from_site!r} needs access to it")
+    async with Idempotent(conn, who, key, _body("transfer.ship", None, body)) as write:
+        if write.stored:
+            return write.stored
+        lines = [transfers.TransferLineIn(**line.model_dump()) for line in body.lines]
+        done = await transfers.ship(body.from_site, body.to_site, lines, actor=who.actor, conn=conn)
+        return await write.answer(201, _model(TransferOut, done))
+
+
+@router.get("/transfers", response_model=list[TransferOut], responses=READ)
+async def list_transfers(
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.STOCK_READ)],
+    site: Annotated[str | None, Query(min_length=1, max_length=64, pattern=_TEXT)] = None,
+    state: Literal["in_transit", "received", "cancelled"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[TransferOut]:
+    """Transfers from or to the sites the caller covers, newest first."""
+    found = await transfers.list_transfers(
+        site, state, limit, offset, visible_sites=who.sites, conn=conn
+    )
+    return [TransferOut.model_validate(t, from_attributes=True) for t in found]
+
+
+@router.get("/transfers/{transfer}", response_model=TransferOut, responses=READ)
+async def get_transfer(
+    transfer: Id, conn: Conn, who: Annotated[Principal, Allow(Permission.STOCK_READ)]
+) -> TransferOut:
+    """A transfer with what was shipped, received and is still in transit."""
+    found = await transfers.get(transfer, visible=who.covers, conn=conn)
+    return TransferOut.model_validate(found, from_attributes=True)
+
+
+@router.post(
+    "/transfers/{transfer}/receipts", status_code=201, response_model=TransferOut,
+    responses=WRITE,
+)  # fmt: skip
+async def receive_transfer(
+    transfer: Id,
+    body: TransferReceiptIn,
+    conn: Conn,
+    who: Annotated[Principal, Allow(Permission.TRANSFER)],
+    key: IdempotencyKey = None,
+) -> Response:
+    """Receive (part of) a transfer at its receiving site; partial receipts are allowed."""
+    async with Idempotent(conn, who, key, _body("transfer.receive", transfer, body)) as write:
+        if write.stored:
+            return write.stored
+        lines = [transfers.TransferLineIn(**line.model_dump()) for line in body.lines]
+        done = await transfers.receive(
+            transfer, body.location, lines, visible=who.covers, actor=who.actor, conn=conn
+        )
+        return await write.answer(201, _model(TransferOut, done))

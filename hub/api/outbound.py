@@ -1,0 +1,394 @@
+"""REST routes: outbound — release orders, pick tasks, pick, cancel, verify, ship.
+
+Thin: validate, call ``warelink.hub.outbound`` / ``warelink.hub.verification`` inside
+``Idempotent`` for writes, answer with the models below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, StringConstraints
+
+from warelink.hub import outbound
+from warelink.hub.access import Permission, Principal
+from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.errors import Forbidden
+from warelink.hub.verification import record_verification
+
+router = APIRouter(tags=["outbound"])
+
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
+Text = Annotated[str, StringConstraints(max_length=500, pattern=_PRINTABLE)]
+LotCode = Annotated[str, StringConstraints(max_length=64, pattern=_PRINTABLE)]
+Quantity = Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=6, allow_inf_nan=False)]
+SitePath = Annotated[str, Path(min_length=1, max_length=64, pattern=_PRINTABLE)]
+ReferencePath = Annotated[str, Path(min_length=1, max_length=64, pattern=_PRINTABLE)]
+TaskPath = Annotated[int, Path(ge=1, le=2**62)]
+TaskState = Literal["open", "picked", "verified", "shipped", "cancelled"]
+OrderState = Literal["released", "picked", "shipped", "cancelled"]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000)]
+
+
+class Problem(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "the body is not JSON",
+        401: "no valid credentials",
+        403: "not allowed, or not for this site",
+        404: "no such site, order or task",
+        409: "clashes with the current state",
+        422: "invalid request, or it breaks a rule",
+    }
+    return {code: {"model": Problem, "description": text[code]} for code in codes}
+
+
+READ_ERRORS = _errors(401, 403, 404, 422)
+WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 422)
+
+
+# ------------------------------------------------------------------ models
+
+
+class OrderLineIn(BaseModel):
+    sku: Code
+    quantity: Quantity
+    lot: LotCode = Field("", description="'' : any lot, chosen by the SKU's pick policy")
+
+
+class ReleaseIn(BaseModel):
+    reference: Code
+    customer: Text = ""
+    lines: list[OrderLineIn] = Field(min_length=1, max_length=200)
+    staging: Code | None = Field(
+        None, description="where picks go; default: the site's first staging-zone location"
+    )
+    partial: bool = Field(
+        True,
+        description="true: release what can be reserved, lines show what is short;"
+        " false: refuse (409) unless every line can be reserved in full",
+    )
+
+
+class PickIn(BaseModel):
+    location: Code = Field(description="where the stock was actually taken from")
+    lot: LotCode | None = Field(None, description="the lot actually taken; default: the task's")
+    quantity: Quantity = Field(description="up to the task's quantity; less is a short pick")
+    serials: list[Code] | None = Field(
+        None, max_length=1000, description="for serial-tracked SKUs: the serials picked"
+    )
+
+
+class CancelIn(BaseModel):
+    reason: Text = ""
+
+
+class ShipIn(BaseModel):
+    override: bool = Field(
+        False, description="ship despite a failed verification (needs 'adjust.approve')"
+    )
+    reason: Text | None = None
+
+
+class VerificationIn(BaseModel):
+    sku: Code = Field(description="SKU code or GTIN")
+    lot: LotCode = ""
+    quantity: Quantity
+    weight_kg: (
+        Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6, allow_inf_nan=False)] | None
+    ) = None
+    epcs: list[Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f]{1,64}$")]] | None = Field(
+        None, max_length=10_000
+    )
+    order_ref: Code | None = None
+
+
+class TaskOut(BaseModel):
+    id: int
+    site: str
+    order_ref: str
+    line: int | None
+    sku: str
+    lot: str
+    location: str = Field(description="suggested source location")
+    to_location: str
+    quantity: Decimal
+    state: TaskState
+    reserved: Decimal
+    picked: Decimal
+    shipped: Decimal
+    created_at: dt.datetime
+    picked_by: str | None
+    picked_at: dt.datetime | None
+
+
+class LineOut(BaseModel):
+    line: int
+    sku: str
+    lot: str
+    quantity: Decimal = Field(description="ordered")
+    planned: Decimal = Field(description="in pick tasks not cancelled")
+    reserved: Decimal
+    picked: Decimal
+    shipped: Decimal
+    short: Decimal = Field(description="ordered − (open tasks + picked): what will not come")
+
+
+class VerificationOut(BaseModel):
+    id: int
+    site: str
+    order_ref: str | None
+    pick_task: int | None
+    sku: str
+    lot: str
+    quantity: Decimal
+    method: Literal["scale", "rfid", "scan"]
+    weight_kg: Decimal | None
+    expected_kg: Decimal | None
+    tolerance_kg: Decimal | None
+    ok: bool
+    detail: str
+    actor: str
+    at: dt.datetime
+    source_gateway: str | None
+    source_seq: int | None
+
+
+class OrderSummary(BaseModel):
+    site: str
+    reference: str
+    customer: str
+    state: OrderState
+    released_at: dt.datetime
+    released_by: str
+    shipped_at: dt.datetime | None
+
+
+class OrderOut(OrderSummary):
+    lines: list[LineOut]
+    tasks: list[TaskOut]
+    verifications: list[VerificationOut]
+
+
+def _json(model: type[BaseModel], data: Any) -> Any:
+    return model.model_validate(data).model_dump(mode="json")
+
+
+def _response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# ------------------------------------------------------------------ orders
+
+
+@router.post(
+    "/sites/{site}/orders", response_model=OrderOut, status_code=201, responses=WRITE_ERRORS
+)
+async def release_order(
+    site: SitePath,
+    body: ReleaseIn,
+    who: Annotated[Principal, Allow(Permission.ORDERS_WRITE)],
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Release an order: pick tasks with reservations by FIFO/FEFO; lines say what is short."""
+    async with Idempotent(conn, who, key, {"site": site, **body.model_dump(mode="json")}) as w:
+        if w.stored:
+            return w.stored
+        order = await outbound.release_order(
+            site, reference=body.reference, customer=body.customer,
+            lines=[outbound.OrderLine(ln.sku, ln.quantity, ln.lot) for ln in body.lines],
+            staging=body.staging, partial=body.partial, actor=who.actor, at=_now(), conn=conn,
+        )  # fmt: skip
+        return await w.answer(201, _json(OrderOut, order))
+
+
+@router.get("/sites/{site}/orders", response_model=list[OrderSummary], responses=READ_ERRORS)
+async def list_orders(
+    site: SitePath,
+    who: Annotated[Principal, Allow(Permission.STOCK_READ)],
+    conn: Conn,
+    state: OrderState | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Response:
+    """The site's orders, oldest release first."""
+    await outbound.require_site(site, conn=conn)
+    rows = await outbound.list_orders(site, state=state, limit=limit, offset=offset, conn=conn)
+    return _response([_json(OrderSummary, row) for row in rows])
+
+
+@router.get("/sites/{site}/orders/{reference}", response_model=OrderOut, responses=READ_ERRORS)
+async def get_order(
+    site: SitePath,
+    reference: ReferencePath,
+    who: Annotated[Principal, Allow(Permission.STOCK_READ)],
+    conn: Conn,
+) -> Response:
+    """An order with its lines, pick tasks and verifications."""
+    return _response(_json(OrderOut, await outbound.get_order(site, reference, conn=conn)))
+
+
+@router.post(
+    "/sites/{site}/orders/{reference}/cancel", response_model=OrderOut, responses=WRITE_ERRORS
+)
+async def cancel_order(
+    site: SitePath,
+    reference: ReferencePath,
+    body: CancelIn,
+    who: Annotated[Principal, Allow(Permission.ORDERS_WRITE)],
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Cancel an order not yet shipped: reservations released, picks reversed to the shelf."""
+    payload = {"site": site, "order": reference, **body.model_dump(mode="json")}
+    async with Idempotent(conn, who, key, payload) as w:
+        if w.stored:
+            return w.stored
+        order = await outbound.cancel_order(
+            site, reference, reason=body.reason, actor=who.actor, at=_now(), conn=conn
+        )
+        return await w.answer(200, _json(OrderOut, order))
+
+
+@router.post(
+    "/sites/{site}/orders/{reference}/ship", response_model=OrderOut, responses=WRITE_ERRORS
+)
+async def ship_order(
+    site: SitePath,
+    reference: ReferencePath,
+    body: ShipIn,
+    who: Annotated[Principal, Allow(Permission.SHIP)],
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Ship what was picked: staging → CUSTOMER. A failed verification blocks it unless a
+    caller with 'adjust.approve' (a supervisor) overrides with a reason."""
+    if body.override and not who.allows(Permission.ADJUST_APPROVE):
+        raise Forbidden("overriding a failed verification needs 'adjust.approve' (a supervisor)")
+    payload = {"site": site, "order": reference, **body.model_dump(mode="json")}
+    async with Idempotent(conn, who, key, payload) as w:
+        if w.stored:
+            return w.stored
+        order = await outbound.ship_order(
+            site, reference, override=body.override, reason=body.reason, actor=who.actor,
+            at=_now(), conn=conn,
+        )  # fmt: skip
+        return await w.answer(200, _json(OrderOut, order))
+
+
+# ------------------------------------------------------------------ pick tasks
+
+
+@router.get("/sites/{site}/pick-tasks", response_model=list[TaskOut], responses=READ_ERRORS)
+async def list_tasks(
+    site: SitePath,
+    who: Annotated[Principal, Allow(Permission.STOCK_READ)],
+    conn: Conn,
+    state: TaskState | None = None,
+    order: Annotated[str | None, Query(min_length=1, max_length=64, pattern=_PRINTABLE)] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Response:
+    """The site's pick tasks (of one order, in one state), oldest first."""
+    await outbound.require_site(site, conn=conn)
+    rows = await outbound.list_tasks(
+        site, order_ref=order, state=state, limit=limit, offset=offset, conn=conn
+    )
+    return _response([_json(TaskOut, row) for row in rows])
+
+
+@router.get("/sites/{site}/pick-tasks/{task}", response_model=TaskOut, responses=READ_ERRORS)
+async def get_task(
+    site: SitePath,
+    task: TaskPath,
+    who: Annotated[Principal, Allow(Permission.STOCK_READ)],
+    conn: Conn,
+) -> Response:
+    """A pick task with its reserved, picked and shipped quantities."""
+    return _response(_json(TaskOut, await outbound.get_task(site, task, conn=conn)))
+
+
+@router.post("/sites/{site}/pick-tasks/{task}/pick", response_model=TaskOut, responses=WRITE_ERRORS)
+async def pick(
+    site: SitePath,
+    task: TaskPath,
+    body: PickIn,
+    who: Annotated[Principal, Allow(Permission.PICK)],
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Confirm a pick as it happened; a short pick releases the rest of the reservation."""
+    payload = {"site": site, "task": task, **body.model_dump(mode="json")}
+    async with Idempotent(conn, who, key, payload) as w:
+        if w.stored:
+            return w.stored
+        row = await outbound.pick(
+            site, task, location=body.location, lot=body.lot, quantity=body.quantity,
+            serials=body.serials, actor=who.actor, at=_now(), conn=conn,
+        )  # fmt: skip
+        return await w.answer(200, _json(TaskOut, row))
+
+
+@router.post(
+    "/sites/{site}/pick-tasks/{task}/cancel", response_model=TaskOut, responses=WRITE_ERRORS
+)
+async def cancel_task(
+    site: SitePath,
+    task: TaskPath,
+    body: CancelIn,
+    who: Annotated[Principal, Allow(Permission.ORDERS_WRITE)],
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Cancel a task not yet shipped: reservation released, a pick reversed to the shelf."""
+    payload = {"site": site, "task": task, **body.model_dump(mode="json")}
+    async with Idempotent(conn, who, key, payload) as w:
+        if w.stored:
+            return w.stored
+        row = await outbound.cancel_task(
+            site, task, reason=body.reason, actor=who.actor, at=_now(), conn=conn
+        )
+        return await w.answer(200, _json(TaskOut, row))
+
+
+# ------------------------------------------------------------------ verification
+
+
+@router.post(
+    "/sites/{site}/verifications",
+    response_model=VerificationOut,
+    status_code=201,
+    responses=WRITE_ERRORS,
+)
+async def verify(
+    site: SitePath,
+    body: VerificationIn,
+    who: Annotated[Principal, Allow(Permission.VERIFY)],
+    conn: Conn,
+    key: IdempotencyKey = None,
+) -> Response:
+    """Record a verification (scan, scale weight, RFID); a mismatch opens an exception."""
+    async with Idempotent(conn, who, key, {"site": site, **body.model_dump(mode="json")}) as w:
+        if w.stored:
+            return w.stored
+        await outbound.require_site(site, conn=conn)
+        row = await record_verification(
+            site, sku=body.sku, lot=body.lot, quantity=body.quantity, weight_kg=body.weight_kg,
+            epcs=body.epcs, order_ref=body.order_ref, actor=who.actor, at=_now(), conn=conn,
+        )  # fmt: skip
+        return await w.answer(201, _json(VerificationOut, row))
