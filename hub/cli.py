@@ -106,6 +106,7 @@ async def _ledger_check(db_url: str, *, repair: bool, as_json: bool) -> int:
         row = await cur.fetchone()
         movements = row[0] if row else 0
         drift = await ledger.check(conn=conn)
+        missing = await ledger.orphans(conn=conn)
         repaired = await ledger.repair(conn=conn) if repair and drift else 0
     report = {
         "movements": movements,
@@ -116,6 +117,7 @@ async def _ledger_check(db_url: str, *, repair: bool, as_json: bool) -> int:
             for d in drift
         ],
         "repaired": repaired,
+        "missing_references": missing,
     }  # fmt: skip
     if as_json:
         print(json.dumps(report, indent=2))
@@ -127,7 +129,9 @@ async def _ledger_check(db_url: str, *, repair: bool, as_json: bool) -> int:
             print(f"  … and {len(drift) - 50} more (--json for all)")
         if repaired:
             print(f"repaired {repaired} rows: balances now equal the rebuild")
-    return 1 if drift and not repaired else 0
+        for problem in missing:
+            print(f"  {problem}")
+    return 1 if (drift and not repaired) or missing else 0
 
 
 DRIFT_KEY = ("site", "location", "sku", "lot", "serial", "lpn", "status")

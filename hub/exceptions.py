@@ -54,22 +54,31 @@ class Raised:
 
 
 async def open_many(raised: Sequence[Raised], *, conn: AsyncConnection) -> list[int]:
-    """Open each unless the same (site, kind, subject) is already open; returns new ids."""
-    ids: list[int] = []
+    """Open each unless the same (site, kind, subject) is already open; returns new ids.
+
+    One statement for all (ingest may raise thousands at once), the first of duplicates
+    wins, rows in key order so concurrent writers take the index entries in one order.
+    """
+    first: dict[tuple[str, str, str], Raised] = {}
     for item in raised:
-        who = RESPONSIBILITIES[item.kind]
-        cur = await conn.execute(
-            "INSERT INTO exceptions (site, kind, subject, detail, owner_role, support_role,"
-            " reviewer_role, opened_by, movement) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (site, kind, subject) WHERE state IN ('open', 'in_review')"
-            " DO NOTHING RETURNING id",
-            (item.site, item.kind, item.subject, Jsonb(item.detail), who.owner, who.support,
-             who.reviewer, item.opened_by, item.movement),
-        )  # fmt: skip
-        row = await cur.fetchone()
-        if row is not None:
-            ids.append(row[0])
-    return ids
+        first.setdefault((item.site, item.kind, item.subject), item)
+    if not first:
+        return []
+    items = [first[key] for key in sorted(first)]
+    who = [RESPONSIBILITIES[item.kind] for item in items]
+    cur = await conn.execute(
+        "INSERT INTO exceptions (site, kind, subject, detail, owner_role, support_role,"
+        " reviewer_role, opened_by, movement) SELECT * FROM unnest(%b::text[], %b::text[],"
+        " %b::text[], %b::jsonb[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int8[])"
+        " ON CONFLICT (site, kind, subject) WHERE state IN ('open', 'in_review')"
+        " DO NOTHING RETURNING id",
+        (
+            [i.site for i in items], [i.kind for i in items], [i.subject for i in items],
+            [Jsonb(i.detail) for i in items], [w.owner for w in who], [w.support for w in who],
+            [w.reviewer for w in who], [i.opened_by for i in items], [i.movement for i in items],
+        ),
+    )  # fmt: skip
+    return sorted(row[0] for row in await cur.fetchall())
 
 
 # ------------------------------------------------------------------ the queue, worked by people

@@ -137,7 +137,7 @@ async def post(legs: Sequence[Leg], *, conn: AsyncConnection) -> Posted:
     legs = [leg for leg in legs if leg.quantity > 0]
     if not legs:
         return posted
-    await _ensure_locations(legs, conn=conn)
+    await _ensure_references(legs, conn=conn)
     legs, conflicts = await _place_serials(legs, conn=conn)
     posted.skipped = sum(dropped for _, _, dropped in conflicts)
     for leg, where, _ in conflicts:
@@ -175,7 +175,15 @@ async def ensure_location(site: str, code: str, *, conn: AsyncConnection) -> Non
     )
 
 
-async def _ensure_locations(legs: Sequence[Leg], *, conn: AsyncConnection) -> None:
+async def _ensure_references(legs: Sequence[Leg], *, conn: AsyncConnection) -> None:
+    """Every location and SKU a leg names exists (movements have no foreign keys: 005)."""
+    skus = sorted({leg.sku for leg in legs})
+    await conn.execute(
+        "INSERT INTO skus (code, verified) SELECT s, false FROM unnest(%b::text[]) AS s"
+        " WHERE NOT EXISTS (SELECT 1 FROM skus k WHERE k.code = s) ORDER BY s"
+        " ON CONFLICT DO NOTHING",
+        (skus,),
+    )
     places = sorted(
         {(leg.site, leg.from_location) for leg in legs}
         | {(leg.target_site, leg.to_location) for leg in legs}
@@ -454,6 +462,23 @@ async def check(*, site: str | None = None, conn: AsyncConnection) -> list[Drift
         {"site": site},
     )
     return [Drift(tuple(row[:7]), row[7], row[8]) for row in await cur.fetchall()]
+
+
+async def orphans(*, conn: AsyncConnection) -> list[str]:
+    """Movements naming a SKU or location that does not exist (should never happen)."""
+    cur = await conn.execute(
+        "SELECT 'movement ' || m.id || ': ' || CASE"
+        " WHEN NOT EXISTS (SELECT 1 FROM skus k WHERE k.code = m.sku) THEN 'no SKU ' || m.sku"
+        " WHEN NOT EXISTS (SELECT 1 FROM locations l WHERE (l.site, l.code)"
+        " = (m.site, m.from_location)) THEN 'no location ' || m.site || '/' || m.from_location"
+        " ELSE 'no location ' || m.to_site || '/' || m.to_location END FROM movements m"
+        " WHERE NOT EXISTS (SELECT 1 FROM skus k WHERE k.code = m.sku)"
+        " OR NOT EXISTS (SELECT 1 FROM locations l WHERE (l.site, l.code)"
+        " = (m.site, m.from_location))"
+        " OR NOT EXISTS (SELECT 1 FROM locations l WHERE (l.site, l.code)"
+        " = (m.to_site, m.to_location)) ORDER BY m.id LIMIT 1000"
+    )
+    return [row[0] for row in await cur.fetchall()]
 
 
 async def repair(*, conn: AsyncConnection) -> int:
