@@ -39,6 +39,7 @@ bench: env services
 	$(PY) bench/edge_outbox.py
 	$(PY) bench/hub_ingest.py
 	$(PY) bench/edge_drain.py
+	$(PY) bench/ledger.py
 
 # A long mixed-fault soak: make chaos DURATION=10m [SEED=1]
 DURATION ?= 10m
