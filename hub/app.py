@@ -29,6 +29,7 @@ from warelink.hub import auth, commands, queries
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api import ROUTERS
 from warelink.hub.api.deps import Allow, HubDep
+from warelink.hub.api.problems import errors
 from warelink.hub.errors import RequestError
 from warelink.hub.ingest import Ingest
 from warelink.hub.live import LiveHub, balance
@@ -37,10 +38,7 @@ from warelink.hub.settings import HubSettings
 
 # ------------------------------------------------------------------ API models
 
-AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no or invalid credentials"},
-    403: {"description": "not allowed for the caller's roles or sites"},
-}
+AUTH_ERRORS = errors(401, 403)
 
 
 class Site(BaseModel):

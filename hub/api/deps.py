@@ -8,7 +8,9 @@ transaction and remembers its answer under the caller's ``Idempotency-Key``.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +20,7 @@ from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
+from pydantic import AfterValidator, BeforeValidator
 
 from warelink.hub.access import Permission, Principal
 from warelink.hub.auth import AuthError
@@ -94,11 +97,32 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        min_length=1,
         max_length=200,
         description="Retry-safe writes: the same key returns the stored answer; the same key"
         " with a different body is refused (422).",
     ),
 ]
+
+
+def _iso_8601(value: object) -> object:
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("expected ISO 8601, e.g. 2026-11-25 or 2026-11-25T08:00:00Z")
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+IsoDatetime = Annotated[dt.datetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
+"""A date-time query parameter in ISO 8601 (pydantic alone would also take ``0`` as a Unix
+time); one without an offset is UTC."""
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_8601)]
+"""A day query parameter in ISO 8601 (``2026-11-25``), not a number."""
 
 
 def fingerprint(payload: Any) -> str:

@@ -16,10 +16,9 @@ from pydantic import BaseModel, Field
 from warelink.hub import exceptions
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.api.stock_control import (
     NO_NUL,
-    READ_ERRORS,
-    WRITE_ERRORS,
     Code,
     IdPath,
     Limit,

@@ -18,7 +18,16 @@ from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from warelink.hub import audit, audit_search, auth, identities
 from warelink.hub.access import ROLE_PERMISSIONS, Permission, Principal, Role
-from warelink.hub.api.deps import Allow, Authenticated, Conn, HubDep, IdempotencyKey, Idempotent
+from warelink.hub.api.deps import (
+    Allow,
+    Authenticated,
+    Conn,
+    HubDep,
+    IdempotencyKey,
+    Idempotent,
+    IsoDatetime,
+)
+from warelink.hub.api.problems import errors
 
 if TYPE_CHECKING:
     from warelink.hub.app import Hub
@@ -39,23 +48,6 @@ Sites = Annotated[
 ]
 IdentityPath = Annotated[str, Path(pattern=identities.IDENTITY_PATTERN, description="identity id")]
 KeyPath = Annotated[str, Path(min_length=1, max_length=64, description="API key id")]
-
-
-class Problem(BaseModel):
-    """An error: a message a person can act on (or FastAPI's list of field errors)."""
-
-    detail: str | list[dict[str, Any]]
-
-
-def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        401: "no or invalid credentials",
-        403: "not allowed for the caller's roles or sites",
-        404: "no such identity or key (or outside the caller's sites)",
-        409: "conflicts with the current state",
-        422: "invalid request",
-    }
-    return {code: {"model": Problem, "description": text[code]} for code in codes}
 
 
 class Token(BaseModel):
@@ -163,7 +155,7 @@ def _json(data: Any, status: int = 200) -> Response:
 # ------------------------------------------------------------------ login
 
 
-@router.post("/auth/token", response_model=Token, responses=problems(401, 422))
+@router.post("/auth/token", response_model=Token, responses=errors(401, 422))
 async def token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], hub: HubDep, conn: Conn
 ) -> Response:
@@ -183,7 +175,7 @@ async def token(
     return response
 
 
-@router.get("/auth/me", response_model=Me, responses=problems(401))
+@router.get("/auth/me", response_model=Me, responses=errors(401))
 async def me(who: Authenticated) -> Response:
     """Who the credentials belong to, and what they allow (any valid credential)."""
     permissions = sorted({p for role in who.roles for p in ROLE_PERMISSIONS[role]})
@@ -193,7 +185,7 @@ async def me(who: Authenticated) -> Response:
     })  # fmt: skip
 
 
-@router.post("/auth/password", response_model=IdentityInfo, responses=problems(401, 422))
+@router.post("/auth/password", response_model=IdentityInfo, responses=errors(401, 422))
 async def change_own_password(
     body: PasswordChange, who: Authenticated, hub: HubDep, conn: Conn, key: IdempotencyKey = None
 ) -> Response:
@@ -213,7 +205,7 @@ async def change_own_password(
 Admin = Annotated[Principal, Allow(Permission.IDENTITIES_ADMIN)]
 
 
-@router.get("/identities", response_model=list[IdentityInfo], responses=problems(401, 403, 422))
+@router.get("/identities", response_model=list[IdentityInfo], responses=errors(401, 403, 422))
 async def list_identities(
     who: Admin,
     conn: Conn,
@@ -249,7 +241,7 @@ async def _create(
     "/identities/users",
     response_model=IdentityInfo,
     status_code=201,
-    responses=problems(401, 403, 409, 422),
+    responses=errors(401, 403, 409, 422),
 )
 async def create_user(
     body: NewUser, who: Admin, hub: HubDep, conn: Conn, key: IdempotencyKey = None
@@ -262,7 +254,7 @@ async def create_user(
     "/identities/services",
     response_model=IdentityInfo,
     status_code=201,
-    responses=problems(401, 403, 409, 422),
+    responses=errors(401, 403, 409, 422),
 )
 async def create_service(
     body: NewService, who: Admin, hub: HubDep, conn: Conn, key: IdempotencyKey = None
@@ -272,7 +264,7 @@ async def create_service(
 
 
 @router.get(
-    "/identities/{identity}", response_model=IdentityInfo, responses=problems(401, 403, 404, 422)
+    "/identities/{identity}", response_model=IdentityInfo, responses=errors(401, 403, 404, 422)
 )
 async def get_identity(identity: IdentityPath, who: Admin, conn: Conn) -> Response:
     return _json(await identities.get(identity, who=who, conn=conn))
@@ -281,7 +273,7 @@ async def get_identity(identity: IdentityPath, who: Admin, conn: Conn) -> Respon
 @router.patch(
     "/identities/{identity}",
     response_model=IdentityInfo,
-    responses=problems(401, 403, 404, 409, 422),
+    responses=errors(401, 403, 404, 409, 422),
 )
 async def update_identity(
     identity: IdentityPath,
@@ -308,7 +300,7 @@ async def update_identity(
 @router.put(
     "/identities/{identity}/password",
     response_model=IdentityInfo,
-    responses=problems(401, 403, 404, 422),
+    responses=errors(401, 403, 404, 422),
 )
 async def reset_password(
     identity: IdentityPath,
@@ -335,7 +327,7 @@ async def reset_password(
 @router.get(
     "/identities/{identity}/keys",
     response_model=list[KeyInfo],
-    responses=problems(401, 403, 404, 422),
+    responses=errors(401, 403, 404, 422),
 )
 async def list_keys(identity: IdentityPath, who: Admin, conn: Conn) -> Response:
     """An identity's API keys, revoked ones included; never their secrets."""
@@ -346,7 +338,7 @@ async def list_keys(identity: IdentityPath, who: Admin, conn: Conn) -> Response:
     "/identities/{identity}/keys",
     response_model=NewKey,
     status_code=201,
-    responses=problems(401, 403, 404, 422),
+    responses=errors(401, 403, 404, 422),
 )
 async def create_key(
     identity: IdentityPath,
@@ -373,7 +365,7 @@ async def create_key(
 @router.delete(
     "/identities/{identity}/keys/{key_id}",
     response_model=KeyInfo,
-    responses=problems(401, 403, 404, 409, 422),
+    responses=errors(401, 403, 404, 409, 422),
 )
 async def revoke_key(
     identity: IdentityPath,
@@ -398,7 +390,7 @@ async def revoke_key(
 Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
-@router.get("/audit", response_model=AuditPage, tags=["audit"], responses=problems(401, 403, 422))
+@router.get("/audit", response_model=AuditPage, tags=["audit"], responses=errors(401, 403, 422))
 async def audit_log(
     who: Annotated[Principal, Allow(Permission.AUDIT_READ)],
     conn: Conn,
@@ -406,8 +398,8 @@ async def audit_log(
     actor: Text = None,
     action: Text = None,
     subject: Text = None,
-    since: Annotated[dt.datetime | None, Query(description="at or after")] = None,
-    until: Annotated[dt.datetime | None, Query(description="before")] = None,
+    since: Annotated[IsoDatetime | None, Query(description="at or after")] = None,
+    until: Annotated[IsoDatetime | None, Query(description="before")] = None,
     before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="id cursor")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Response:

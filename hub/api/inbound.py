@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 from warelink.hub import inbound, putaway, transfers
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.errors import Forbidden
 
 router = APIRouter(tags=["inbound"])
@@ -32,22 +33,8 @@ Id = Annotated[int, Path(ge=1, le=2**62)]
 SitePath = Annotated[str, Path(min_length=1, max_length=64, pattern=_TEXT)]
 
 
-class Problem(BaseModel):
-    detail: str | list[dict[str, Any]]
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        400: "the body is not JSON", 401: "no valid credentials",
-        403: "role or site not allowed", 404: "not found",
-        409: "clashes with the current state (stock, document state)",
-        422: "invalid request, or Idempotency-Key reused with another body",
-    }  # fmt: skip
-    return {code: {"model": Problem, "description": text[code]} for code in codes}
-
-
-READ = _errors(401, 403, 404, 422)
-WRITE = _errors(400, 401, 403, 404, 409, 422)
+READ = READ_ERRORS
+WRITE = WRITE_ERRORS
 
 
 def _model(model: type[BaseModel], obj: Any) -> dict[str, Any]:

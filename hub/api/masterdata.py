@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from warelink.hub import csvio, masterdata
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
 from warelink.hub.errors import Forbidden, Invalid
 
 router = APIRouter(tags=["master data"])
@@ -74,10 +75,6 @@ class Input(BaseModel):
 
 
 # ------------------------------------------------------------------ models
-
-
-class MasterdataProblem(BaseModel):
-    detail: str | list[dict[str, Any]]
 
 
 class SiteIn(Input):
@@ -280,16 +277,8 @@ class ImportRejected(BaseModel):
 # ------------------------------------------------------------------ helpers
 
 
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {400: "the body cannot be read as JSON", 401: "no or bad credentials",
-            403: "not allowed", 404: "not found", 409: "clashes with what exists",
-            413: "file too large",
-            422: "invalid input"}  # fmt: skip
-    return {code: {"model": MasterdataProblem, "description": text[code]} for code in codes}
-
-
-READ = _problems(401, 403, 404, 422)
-WRITE = _problems(400, 401, 403, 404, 409, 422)
+READ = READ_ERRORS
+WRITE = WRITE_ERRORS
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
@@ -592,7 +581,7 @@ class CsvResponse(Response):
     response_class=Response,
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
                      "description": "the entity's rows, in the import's columns"},
-               **_problems(401, 403, 422)},
+               **errors(401, 403, 422)},
 )  # fmt: skip
 async def export_csv(
     entity: ImportEntity, conn: Conn, who: ReadWho,
@@ -628,7 +617,7 @@ CSV_BODY = {
     "/masterdata/{entity}/import",
     response_model=ImportReport,
     openapi_extra=CSV_BODY,
-    responses={**_problems(401, 403, 409, 413),
+    responses={**errors(401, 403, 409, 413),
                422: {"model": ImportRejected, "description": "bad lines: nothing written"}},
 )  # fmt: skip
 async def import_csv(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from warelink.hub import outbound
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.errors import Forbidden
 from warelink.hub.verification import record_verification
 
@@ -35,26 +36,6 @@ TaskState = Literal["open", "picked", "verified", "shipped", "cancelled"]
 OrderState = Literal["released", "picked", "shipped", "cancelled"]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
-
-
-class Problem(BaseModel):
-    detail: str | list[dict[str, Any]]
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        400: "the body is not JSON",
-        401: "no valid credentials",
-        403: "not allowed, or not for this site",
-        404: "no such site, order or task",
-        409: "clashes with the current state",
-        422: "invalid request, or it breaks a rule",
-    }
-    return {code: {"model": Problem, "description": text[code]} for code in codes}
-
-
-READ_ERRORS = _errors(401, 403, 404, 422)
-WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 422)
 
 
 # ------------------------------------------------------------------ models

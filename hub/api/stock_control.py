@@ -25,6 +25,7 @@ from pydantic import (
 from warelink.hub import adjustments, counts
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, HubDep, IdempotencyKey, Idempotent
+from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
 
 router = APIRouter(tags=["stock control"])
 
@@ -77,24 +78,6 @@ Change = Annotated[
     ),
 ]  # fmt: skip
 
-
-class Problem(BaseModel):
-    detail: str | list[dict[str, Any]]
-
-
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The error answers of a route, for the OpenAPI schema."""
-    text = {
-        400: "the body is not JSON", 401: "no valid credentials",
-        403: "not allowed (permission, site, or own decision)",
-        404: "no such site or record", 409: "not in a state that allows this",
-        422: "invalid request, or an Idempotency-Key reused with another body",
-    }  # fmt: skip
-    return {status: {"model": Problem, "description": text[status]} for status in statuses}
-
-
-READ_ERRORS = errors(401, 403, 404, 422)
-WRITE_ERRORS = errors(400, 401, 403, 404, 409, 422)
 
 # ------------------------------------------------------------------ counts
 
