@@ -30,6 +30,7 @@ from warelink.edge.drivers.modbus import ModbusLinkConfig
 from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
 from warelink.hub.settings import HubSettings
 from warelink.protocol.gs1 import check_digit
+from warelink.sim import demo_masterdata
 from warelink.sim.agv import random_transport
 from warelink.sim.modbus_devices import make_slaves
 
@@ -317,6 +318,9 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
             await hub.start()
             tasks.create_task(watch(hub), name="relay-hub")
             await wait_ready(url, hub)
+            async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}) as office:
+                await demo_masterdata.seed(office, [load_site_config(p).gateway.site
+                                                    for p in configs])  # fmt: skip
             for child in sims:
                 await child.start()
                 tasks.create_task(watch(child), name=f"relay-{child.name}")

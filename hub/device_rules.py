@@ -58,7 +58,8 @@ def actor_of(event: Event) -> str:
 
 
 async def resolve_gtins(gtins: set[str], *, conn: AsyncConnection) -> dict[str, SkuRef]:
-    """The SKU of each GTIN; an unknown GTIN becomes an unverified SKU coded by it."""
+    """The SKU of each GTIN (or SKU code, as a clerk's app may send); an unknown one
+    becomes an unverified SKU coded by it."""
     if not gtins:
         return {}
     wanted = sorted(gtins)
@@ -70,8 +71,9 @@ async def resolve_gtins(gtins: set[str], *, conn: AsyncConnection) -> dict[str, 
         (wanted,),
     )
     cur = await conn.execute(
-        "SELECT g, s.code, s.requires_qc, s.verified FROM unnest(%b::text[]) AS g"
-        " JOIN skus s ON s.gtin = g OR (s.gtin IS NULL AND s.code = g)",
+        "SELECT DISTINCT ON (g) g, s.code, s.requires_qc, s.verified"
+        " FROM unnest(%b::text[]) AS g JOIN skus s ON s.gtin = g OR s.code = g"
+        " ORDER BY g, s.gtin = g DESC",  # a GTIN match first; a SKU code is taken too
         (wanted,),
     )
     return {g: SkuRef(code, qc, verified) for g, code, qc, verified in await cur.fetchall()}

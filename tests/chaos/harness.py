@@ -340,7 +340,8 @@ class Chaos:
             )
             stored = {(gw, sscc): (n, ids) for gw, sscc, n, ids in await cur.fetchall()}
             cur = await conn.execute(
-                "SELECT site, sku, lot, quantity FROM balances WHERE location = 'DOCK-1'"
+                "SELECT site, sku, lot, sum(quantity) FROM balances WHERE location = 'DOCK-1'"
+                " GROUP BY 1, 2, 3"  # over licence plates: each pallet has its own row
             )
             balances = {(s, sku, lot): int(q) for s, sku, lot, q in await cur.fetchall()}
             cur = await conn.execute(

@@ -44,13 +44,23 @@ async def test_the_demo_runs_two_sites_with_live_data_and_no_error(
                 " WHERE device LIKE 'dock-3-ble-%' AND cls = 1 GROUP BY 1, 2, 3"
             )
         ).fetchall()
+        unknown = await (
+            await conn.execute("SELECT count(*) FROM exceptions WHERE kind = 'unknown_sku'")
+        ).fetchone()
+        floor = await (
+            await conn.execute("SELECT count(*) FROM locations WHERE x IS NOT NULL")
+        ).fetchone()
     out, _ = await asyncio.wait_for(output, 60)
     log = out.decode()
     assert demo.returncode == 0, log[-3000:]
     assert sorted(g["id"] for g in gateways) == ["gw-north", "gw-south"]
     assert all(g["online"] and g["events_received"] > 50 for g in gateways), gateways
     assert stock["lines"], "no stock at the north site"
-    assert f"/#key={key}" in log  # the dashboard link signs the browser in
+    assert f"/#key={key}" in log
+    # The demo imports its catalog and floor plan: scanned GTINs are known SKUs.
+    assert (
+        unknown == (0,) and floor is not None and floor[0] >= 14
+    )  # the dashboard link signs the browser in
     assert "demo clerk: the hub did not answer" not in log
     # BLE devices cross processes too: the simulator hosts them, the gateway reaches them
     # over an HCI transport, and their ledger events (weights, receipts) reach the hub.

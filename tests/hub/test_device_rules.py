@@ -177,3 +177,13 @@ async def test_a_fact_the_schema_refuses_is_reported_and_the_rest_posts(
         ("floor_report", "refused:gw-1:1")
     ]
     assert await rows(conn, "SELECT acked_seq FROM gateways") == [(2,)]
+
+
+async def test_a_sku_code_where_a_gtin_belongs_is_taken_as_that_sku(
+    conn: AsyncConnection,
+) -> None:
+    await Gateway(conn).send(Receipt(location="A-1", gtin="SKU-A", quantity=2, lot="L1"))
+    assert await rows(conn, "SELECT sku, quantity FROM balances WHERE location = 'A-1'") == [
+        ("SKU-A", Decimal(2))
+    ]
+    assert await rows(conn, "SELECT count(*) FROM skus") == [(1,)]
