@@ -137,6 +137,11 @@ class IngestCollector:
         ):
             yield CounterMetricFamily(name, text, value=value)
         yield GaugeMetricFamily(
+            "warelink_hub_gateways_held",
+            "gateways whose events the hub cannot commit now (held back, not acked)",
+            value=stats.gateways_held,
+        )
+        yield GaugeMetricFamily(
             "warelink_hub_mqtt_connected", "1 if connected", value=int(self.ingest.mqtt_connected)
         )
 

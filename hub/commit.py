@@ -54,6 +54,18 @@ class FlushResult:
     gaps_detected: int = 0
     gaps_filled: int = 0
 
+    def absorb(self, other: FlushResult) -> None:
+        """Add another flush's result (of other gateways) to this one."""
+        self.acks.update(other.acks)
+        self.gaps.update(other.gaps)
+        self.events += other.events
+        self.balances += other.balances
+        self.committed += other.committed
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.gaps_detected += other.gaps_detected
+        self.gaps_filled += other.gaps_filled
+
 
 def decode_events(topic: str, payload: bytes, topics: Topics) -> IncomingBatch:
     """One events message, or Malformed saying why not."""

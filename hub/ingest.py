@@ -52,6 +52,7 @@ class IngestStats:
     gaps_detected: int = 0
     gaps_filled: int = 0
     replays_requested: int = 0
+    gateways_held: int = 0  # gateways whose events the hub cannot commit now (not acked)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Ingest:
         self.mqtt_connected = False
         self._malformed_logged = False
         self._gaps: dict[str, OpenGap] = {}
+        self._held: set[str] = set()  # gateways whose events failed to commit, not acked
         self._client: aiomqtt.Client | None = None
 
     async def run(self) -> None:
@@ -234,7 +236,13 @@ class Ingest:
     ) -> None:
         if not batches:
             return
-        result = await commit_events(batches, conn=conn)
+        try:
+            result = await commit_events(batches, conn=conn)
+            self._release({b.gateway for b in batches})
+        except psycopg.OperationalError:
+            raise  # the database is away: the session reconnects and the edges resend
+        except Exception:  # a fault in one gateway's events must not stop all of them
+            result = await self._commit_apart(batches, conn)
         stats = self.stats
         stats.flushes += 1
         stats.events_committed += result.committed
@@ -252,6 +260,39 @@ class Ingest:
         await self._ask_for_gaps(client, conn)
         if self.on_commit is not None:
             self.on_commit(result)
+
+    async def _commit_apart(
+        self, batches: list[IncomingBatch], conn: AsyncConnection
+    ) -> FlushResult:
+        """Commit each gateway's batches on their own; hold back the ones that still fail.
+
+        A held gateway is not acked, so its edge keeps the events and resends them: nothing
+        is lost, and the other gateways go on. It is logged once as an error (with the
+        traceback) and again when its events commit.
+        """
+        result = FlushResult()
+        per_gateway: dict[str, list[IncomingBatch]] = {}
+        for batch in batches:
+            per_gateway.setdefault(batch.gateway, []).append(batch)
+        for gateway, mine in per_gateway.items():
+            try:
+                result.absorb(await commit_events(mine, conn=conn))
+                self._release({gateway})
+            except psycopg.OperationalError:
+                raise
+            except Exception:  # held back: see the docstring
+                if gateway not in self._held:
+                    self._held.add(gateway)
+                    log.exception("ingest.gateway_held", gateway=gateway, site=mine[0].site,
+                                  first_seq=mine[0].first_seq)  # fmt: skip
+        self.stats.gateways_held = len(self._held)
+        return result
+
+    def _release(self, gateways: set[str]) -> None:
+        for gateway in gateways & self._held:
+            self._held.discard(gateway)
+            log.info("ingest.gateway_released", gateway=gateway)
+        self.stats.gateways_held = len(self._held)
 
     async def _session_message(
         self, incoming: SessionIncoming, client: aiomqtt.Client, conn: AsyncConnection
