@@ -31,7 +31,6 @@ from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
 from warelink.hub.settings import HubSettings
 from warelink.protocol.gs1 import check_digit
 from warelink.sim import demo_masterdata
-from warelink.sim.agv import random_transport
 from warelink.sim.modbus_devices import make_slaves
 
 SITE_NAMES = ["north", "south", "east", "west", "central", "harbour", "airport", "rail"]
@@ -225,7 +224,8 @@ async def wait_ready(url: str, hub: Child) -> None:
 
 async def clerk(url: str, key: str, configs: list[Path], interval_s: float = 15.0) -> None:
     """The floor's office, through the hub's command API: now and then a pallet label for
-    the latest receipt at a dock, and a transport order for a site's AGV."""
+    the latest receipt at a dock, and a transport order for the site's AGV that puts that
+    pallet away into a rack (each pallet once)."""
     rng = random.Random(1)
     sites = [load_site_config(path) for path in configs]
     agvs = {
@@ -236,6 +236,7 @@ async def clerk(url: str, key: str, configs: list[Path], interval_s: float = 15.
     }
     n = 0
     failing = False
+    moving: set[tuple[str, str, str]] = set()  # dock pallets already given to an AGV
     headers = {"X-API-Key": key}
     async with httpx.AsyncClient(base_url=url, timeout=10, headers=headers) as http:
         while True:
@@ -255,7 +256,9 @@ async def clerk(url: str, key: str, configs: list[Path], interval_s: float = 15.
                 continue
             with contextlib.suppress(httpx.HTTPError):
                 lines = stock.json()["lines"]
-                dock = [line for line in lines if line["location"] == "DOCK-1"]
+                dock = [line for line in lines if line["location"] == "DOCK-1"
+                        and not line["serial"]  # pallets, not RFID-tagged single items
+                        and (line["sku"], line["lot"], line["lpn"]) not in moving]  # fmt: skip
                 if not dock:
                     continue
                 line = dock[-1]
@@ -266,9 +269,14 @@ async def clerk(url: str, key: str, configs: list[Path], interval_s: float = 15.
                                    "lot": line["lot"], "quantity": int(line["quantity"]) or 1,
                                    "ship_to": f"Customer {n % 7 + 1}"}},
                 )  # fmt: skip
-                if site in agvs:
+                if site in agvs and line["quantity"] >= 1:  # the AGV puts the pallet away
                     agv, graph = agvs[site]
-                    args = random_transport(graph, rng, [line["sku"]], order_id=f"{site}-{n}")
+                    racks = sorted(code for code in graph.locations if code.startswith("A-"))
+                    args = {"order_id": f"{site}-{n}", "from": "DOCK-1",
+                            "to": rng.choice(racks), "gtin": line["sku"],
+                            "lot": line["lot"] or None, "lpn": line["lpn"] or None,
+                            "quantity": int(line["quantity"])}  # fmt: skip
+                    moving.add((line["sku"], line["lot"], line["lpn"]))
                     await http.post(
                         f"/api/v1/sites/{site}/devices/{agv}/commands",
                         json={"action": "transport", "expires_in_s": 300, "args": args},
