@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import Any
 
 from psycopg import AsyncConnection
 
@@ -137,7 +138,6 @@ async def post(legs: Sequence[Leg], *, conn: AsyncConnection) -> Posted:
     legs = [leg for leg in legs if leg.quantity > 0]
     if not legs:
         return posted
-    await _ensure_references(legs, conn=conn)
     legs, conflicts = await _place_serials(legs, conn=conn)
     posted.skipped = sum(dropped for _, _, dropped in conflicts)
     for leg, where, _ in conflicts:
@@ -150,20 +150,47 @@ async def post(legs: Sequence[Leg], *, conn: AsyncConnection) -> Posted:
         )  # fmt: skip
     if not legs:
         return posted
-    ids = await _insert(legs, conn=conn)
+    # One round trip for the references, the movements, the balances and the rules' lookups.
+    async with conn.pipeline():
+        await conn.execute(*_references_query(legs))
+        inserted = await conn.execute(*_insert_query(legs))
+        counts_query = _counts_query(legs)
+        counted_cur = await conn.execute(*counts_query) if counts_query else None
+        held_cur = await conn.execute(*_held_query(legs))
+        applied = await conn.execute(*_apply_query(legs))
+        ids = [row[0] for row in await inserted.fetchall()]
+        counted = {tuple(r[:4]): (r[4], r[5]) for r in await counted_cur.fetchall()} if (
+            counted_cur) else {}  # fmt: skip
+        held = {(site, code) for site, code in await held_cur.fetchall()}
+        balances = {_key(b): b for b in _balances(await applied.fetchall())}
     posted.movements += ids
-    compensations = await _compensations(legs, ids, conn=conn)
+    compensations = _compensations(legs, ids, counted)
     if compensations:
         posted.movements += await _insert(compensations, conn=conn)
-    everything = legs + compensations
-    posted.balances = await _apply(everything, conn=conn)
-    posted.exceptions += await _rule_exceptions(legs, ids, posted.balances, conn=conn)
+        cur = await conn.execute(*_apply_query(compensations))
+        balances.update((_key(b), b) for b in _balances(await cur.fetchall()))
+    posted.balances = list(balances.values())
+    posted.exceptions += await exceptions.open_many(
+        _rule_exceptions(legs, ids, posted.balances, held), conn=conn
+    )
     return posted
 
 
+def _key(change: BalanceChange) -> BalanceKey:
+    return (change.site, change.location, change.sku, change.lot, change.serial, change.lpn,
+            change.status)  # fmt: skip
+
+
+def _balances(rows: Sequence[Sequence[Any]]) -> list[BalanceChange]:
+    return [BalanceChange(*row) for row in rows]
+
+
+def _insert_query(legs: Sequence[Leg]) -> tuple[str, list[list[object]]]:
+    return _INSERT, [list(c) for c in zip(*(_row(leg) for leg in legs), strict=True)]
+
+
 async def _insert(legs: Sequence[Leg], *, conn: AsyncConnection) -> list[int]:
-    columns = list(zip(*(_row(leg) for leg in legs), strict=True))
-    cur = await conn.execute(_INSERT, [list(c) for c in columns])
+    cur = await conn.execute(*_insert_query(legs))
     return [row[0] for row in await cur.fetchall()]
 
 
@@ -175,26 +202,25 @@ async def ensure_location(site: str, code: str, *, conn: AsyncConnection) -> Non
     )
 
 
-async def _ensure_references(legs: Sequence[Leg], *, conn: AsyncConnection) -> None:
+def _references_query(legs: Sequence[Leg]) -> tuple[str, tuple[list[str], ...]]:
     """Every location and SKU a leg names exists (movements have no foreign keys: 005)."""
     skus = sorted({leg.sku for leg in legs})
-    await conn.execute(
-        "INSERT INTO skus (code, verified) SELECT s, false FROM unnest(%b::text[]) AS s"
-        " WHERE NOT EXISTS (SELECT 1 FROM skus k WHERE k.code = s) ORDER BY s"
-        " ON CONFLICT DO NOTHING",
-        (skus,),
-    )
     places = sorted(
         {(leg.site, leg.from_location) for leg in legs}
         | {(leg.target_site, leg.to_location) for leg in legs}
     )
-    await conn.execute(
-        "INSERT INTO locations (site, code, kind)"
+    return (
+        "WITH new_skus AS (INSERT INTO skus (code, verified) SELECT s, false"
+        " FROM unnest(%b::text[]) AS s WHERE NOT EXISTS (SELECT 1 FROM skus k WHERE k.code = s)"
+        " ORDER BY s ON CONFLICT DO NOTHING)"
+        " INSERT INTO locations (site, code, kind)"
         " SELECT s, c, coalesce(v.kind, 'internal') FROM unnest(%b::text[], %b::text[]) AS p (s, c)"
         " LEFT JOIN (SELECT unnest(%b::text[]) AS code, unnest(%b::text[]) AS kind) v"
-        " ON v.code = p.c ORDER BY 1, 2 ON CONFLICT DO NOTHING",
-        ([p[0] for p in places], [p[1] for p in places], list(VIRTUAL), list(VIRTUAL.values())),
-    )
+        " ON v.code = p.c WHERE NOT EXISTS (SELECT 1 FROM locations l"
+        " WHERE l.site = p.s AND l.code = p.c) ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+        (skus, [p[0] for p in places], [p[1] for p in places], list(VIRTUAL),
+         list(VIRTUAL.values())),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -265,23 +291,22 @@ async def _place_serials(
     return placed, conflicts
 
 
-async def _compensations(
-    legs: Sequence[Leg], ids: Sequence[int], *, conn: AsyncConnection
-) -> list[Leg]:
-    """Device legs dated before an approved count of what they touch: undo it there.
-
-    A count covers the SKU/lots on its lines at its location, as of ``counted_at``
-    (inclusive, as its baseline is); the latest approved one is the one that stands.
-    """
-    touched = [
+def _touched(legs: Sequence[Leg]) -> list[tuple[int, str]]:
+    """(leg, side) of device legs at real locations: what an approved count may cover."""
+    return [
         (i, side) for i, leg in enumerate(legs) if leg.source_gateway is not None
         for side in ("from", "to")
         if (leg.from_location if side == "from" else leg.to_location) not in VIRTUAL
     ]  # fmt: skip
-    if not touched:
-        return []
-    items = sorted({(*_place(legs[i], side), legs[i].sku, legs[i].lot) for i, side in touched})
-    cur = await conn.execute(
+
+
+def _counts_query(legs: Sequence[Leg]) -> tuple[str, list[list[str]]] | None:
+    """The latest approved count of each SKU/lot at each real place device legs touch."""
+    items = sorted({(*_place(legs[i], side), legs[i].sku, legs[i].lot)
+                    for i, side in _touched(legs)})  # fmt: skip
+    if not items:
+        return None
+    return (
         "SELECT DISTINCT ON (c.site, c.location, l.sku, l.lot) c.site, c.location, l.sku, l.lot,"
         " c.counted_at, c.id FROM counts c JOIN count_lines l ON l.count_id = c.id"
         " JOIN unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS p (site, location,"
@@ -290,7 +315,19 @@ async def _compensations(
         " ORDER BY c.site, c.location, l.sku, l.lot, c.counted_at DESC",
         [list(column) for column in zip(*items, strict=True)],
     )
-    counted = {tuple(row[:4]): (row[4], row[5]) for row in await cur.fetchall()}
+
+
+def _compensations(
+    legs: Sequence[Leg],
+    ids: Sequence[int],
+    counted: dict[tuple[Any, ...], tuple[dt.datetime, int]],
+) -> list[Leg]:
+    """Device legs dated before an approved count of what they touch: undo it there.
+
+    A count covers the SKU/lots on its lines at its location, as of ``counted_at``
+    (inclusive, as its baseline is); the latest approved one is the one that stands.
+    """
+    touched = _touched(legs)
     undo: list[Leg] = []
     for i, side in touched:
         leg = legs[i]
@@ -327,33 +364,40 @@ def _place(leg: Leg, side: str) -> tuple[str, str]:
     return (leg.site, leg.from_location) if side == "from" else (leg.target_site, leg.to_location)
 
 
-async def _apply(legs: Sequence[Leg], *, conn: AsyncConnection) -> list[BalanceChange]:
-    """Add the legs to the balances, rows in key order; returns the new balances."""
+def _apply_query(legs: Sequence[Leg]) -> tuple[str, list[list[Any]]]:
+    """Add the legs to the balances, rows in key order; it returns the new balances."""
     deltas: dict[BalanceKey, Decimal] = defaultdict(Decimal)
     for leg in legs:
         deltas[leg.source_key()] -= leg.quantity
         deltas[leg.target_key()] += leg.quantity
     keys = sorted(deltas)
     columns = [list(c) for c in zip(*keys, strict=True)]
-    cur = await conn.execute(
+    return (
         "INSERT INTO balances (site, location, sku, lot, serial, lpn, status, quantity)"
         " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
         " %b::text[], %b::text[], %b::numeric[]) ORDER BY 1, 2, 3, 4, 5, 6, 7"
         " ON CONFLICT (site, location, sku, lot, serial, lpn, status) DO UPDATE"
         " SET quantity = balances.quantity + excluded.quantity, updated_at = now()"
         " RETURNING site, location, sku, lot, quantity, serial, lpn, status",
-        (*columns, [deltas[k] for k in keys]),
+        [*columns, [deltas[k] for k in keys]],
     )
-    return [BalanceChange(*row) for row in await cur.fetchall()]
 
 
-async def _rule_exceptions(
+def _held_query(legs: Sequence[Leg]) -> tuple[str, list[list[str]]]:
+    targets = sorted({(leg.target_site, leg.to_location) for leg in legs})
+    return (
+        "SELECT l.site, l.code FROM locations l JOIN unnest(%b::text[], %b::text[]) AS p (s, c)"
+        " ON l.site = p.s AND l.code = p.c WHERE l.held",
+        [[t[0] for t in targets], [t[1] for t in targets]],
+    )
+
+
+def _rule_exceptions(
     legs: Sequence[Leg],
     ids: Sequence[int],
     balances: Sequence[BalanceChange],
-    *,
-    conn: AsyncConnection,
-) -> list[int]:
+    held: set[tuple[str, str]],
+) -> list[exceptions.Raised]:
     """Negative balances at real locations, and stock moved into a held location."""
     raised: list[exceptions.Raised] = []
     first_leg: dict[tuple[str, str], int] = {}
@@ -374,13 +418,6 @@ async def _rule_exceptions(
                     movement=ids[cause] if cause is not None else None,
                 )
             )  # fmt: skip
-    targets = sorted({(leg.target_site, leg.to_location) for leg in legs})
-    cur = await conn.execute(
-        "SELECT l.site, l.code FROM locations l JOIN unnest(%b::text[], %b::text[]) AS p (s, c)"
-        " ON l.site = p.s AND l.code = p.c WHERE l.held",
-        ([t[0] for t in targets], [t[1] for t in targets]),
-    )
-    held = {(site, code) for site, code in await cur.fetchall()}
     for i, leg in enumerate(legs):
         if (leg.target_site, leg.to_location) in held:
             raised.append(
@@ -391,7 +428,7 @@ async def _rule_exceptions(
                     leg.actor, movement=ids[i],
                 )
             )  # fmt: skip
-    return await exceptions.open_many(raised, conn=conn)
+    return raised
 
 
 async def reverse(movement: int, *, actor: str, reason: str, conn: AsyncConnection) -> Posted:
