@@ -65,6 +65,12 @@ class MoveRequest(_Request):
     lpn: str | None = None
 
 
+class PickRequest(MoveRequest):
+    """A pick (shelf → staging), against the hub's pick task when the clerk has one."""
+
+    task: int | None = Field(None, ge=1, description="the hub's pick task id")
+
+
 class VerifyRequest(_Request):
     gtin: str = Field(pattern=r"^\d{14}$")
     quantity: int = Field(gt=0)
@@ -115,7 +121,7 @@ class HandheldApi:
         operations: dict[str, tuple[type[_Request], Callable[[Any], EventBody]]] = {
             "receive": (ReceiveRequest, self._receipt),
             "putaway": (MoveRequest, self._movement),
-            "pick": (MoveRequest, self._movement),
+            "pick": (PickRequest, self._pick),
             "verify": (VerifyRequest, self._verification),
             "ship": (ShipRequest, self._shipment),
             "count": (CountRequest, self._count),
@@ -135,6 +141,12 @@ class HandheldApi:
     def _movement(r: MoveRequest) -> EventBody:
         return Movement(from_location=r.from_location, to_location=r.to_location,
                         gtin=r.gtin, quantity=r.quantity, lot=r.lot, lpn=r.lpn)  # fmt: skip
+
+    @staticmethod
+    def _pick(r: PickRequest) -> EventBody:
+        return Movement(from_location=r.from_location, to_location=r.to_location,
+                        gtin=r.gtin, quantity=r.quantity, lot=r.lot, lpn=r.lpn,
+                        task=r.task)  # fmt: skip
 
     def _verification(self, r: VerifyRequest) -> EventBody:
         if r.scale is not None and r.scale not in self.weights.kg:

@@ -7,11 +7,13 @@ fixing the master data later keeps the history. An RFID arrival the hub cannot t
 SKU or licence plate opens ``unknown_epc``. Lots (with expiry), serials and licence
 plates a receipt names are registered as it is posted.
 
-A device ``Count`` becomes a counted cycle count awaiting a supervisor's approval, and a
+A device ``Count`` becomes a counted cycle count awaiting a supervisor's approval, a
 ``Verification`` (a scan with the pack scale's weight) is checked against the SKU's
-weight and tolerance. Whatever the hub's rules refuse of a device fact is never lost and
-never stops ingest: the event is stored, and a ``floor_report`` exception says what was
-refused and why.
+weight and tolerance, and a ``Movement`` naming a pick task confirms that task (its
+reservation is consumed; the goods go to the task's staging location). Whatever the
+hub's rules refuse of a device fact is never lost and never stops ingest: the event is
+stored, and a ``floor_report`` exception says what was refused and why; a refused pick
+is still posted as the move it was.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import psycopg
 import structlog
 from psycopg import AsyncConnection
 
-from warelink.hub import counts, exceptions, ledger, verification
+from warelink.hub import counts, exceptions, ledger, outbound, verification
 from warelink.hub.errors import RequestError
 from warelink.hub.ledger import CUSTOMER, SUPPLIER, Leg, Posted
 from warelink.protocol.messages import (
@@ -102,7 +104,9 @@ async def apply(batches: Sequence[tuple[str, list[Event]]], *, conn: AsyncConnec
             if not isinstance(body, STOCK_BODIES):
                 continue
             sku = skus[body.gtin]
-            if isinstance(body, (Count, Verification)):
+            if isinstance(body, (Count, Verification)) or (
+                isinstance(body, Movement) and body.task is not None
+            ):
                 checks.append((site, sku, event))
                 continue
             if not sku.verified:
@@ -166,7 +170,13 @@ async def _check(
     at = min(event.occurred_at, dt.datetime.now(dt.UTC))  # an edge clock ahead: not future
     try:
         async with conn.transaction():
-            if isinstance(body, Count):
+            if isinstance(body, Movement) and body.task is not None:
+                await outbound.pick(
+                    site, body.task, location=body.from_location, lot=body.lot,
+                    quantity=Decimal(body.quantity), serials=None, actor=actor_of(event),
+                    at=at, conn=conn,
+                )  # fmt: skip
+            elif isinstance(body, Count):
                 await ledger.ensure_location(site, body.location, conn=conn)
                 await counts.record_counted(
                     site, body.location,
@@ -183,11 +193,15 @@ async def _check(
     except (RequestError, *REFUSALS) as exc:
         log.warning("device_rules.refused", gateway=event.gateway, seq=event.seq,
                     type=type(body).__name__, reason=str(exc))  # fmt: skip
-        return [
+        report = [
             exceptions.Raised(site, "floor_report", f"refused:{event.gateway}:{event.seq}",
                               {"device": event.device, "event": type(body).__name__.lower(),
                                "refused": str(exc)}, actor_of(event))
         ]  # fmt: skip
+        fallback = _leg(site, sku, event) if isinstance(body, Movement) else None
+        if fallback is not None:  # the goods moved all the same: a fact, posted as such
+            await _post([fallback], report, conn=conn)
+        return report
     return []
 
 

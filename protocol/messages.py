@@ -72,6 +72,7 @@ class Movement(msgspec.Struct, frozen=True, tag="movement"):
     quantity: int
     lot: str | None = None
     lpn: str | None = None  # the licence plate / SSCC of the load, when known
+    task: int | None = None  # the hub's pick task a clerk picked against, when there is one
 
 
 class Count(msgspec.Struct, frozen=True, tag="count"):

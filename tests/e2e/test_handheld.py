@@ -17,7 +17,7 @@ from tests.support.sites import site_config
 from warelink.edge.gateway import Gateway, running
 from warelink.hub.settings import HubSettings
 from warelink.protocol import wire
-from warelink.protocol.messages import Verification
+from warelink.protocol.messages import Movement, Verification
 from warelink.sim.scale import SimulatedScale
 
 GTIN = "09506000134352"
@@ -112,6 +112,17 @@ async def test_verify_records_the_scales_latest_stable_weight(
         )  # fmt: skip
         assert response.status_code == 201, response.text
         rows, _ = gateway.outbox.read_batch(response.json()["seq"] - 1, 1)
+        # A pick against the hub's pick task carries the task, for the hub to confirm.
+        picked = await api.post(
+            "/api/v1/pick", headers={"Idempotency-Key": "p-9"},
+            json={"from_location": "A-1", "to_location": "STAGE", "gtin": GTIN,
+                  "quantity": 3, "task": 41},
+        )  # fmt: skip
+        assert picked.status_code == 201, picked.text
+        pick_rows, _ = gateway.outbox.read_batch(picked.json()["seq"] - 1, 1)
     event = wire.decode_event(rows[0][1])
     assert event.body == Verification(gtin=GTIN, quantity=3, weight=2.5, scale="pack-scale",
                                       order="SO-1")  # fmt: skip
+    assert wire.decode_event(pick_rows[0][1]).body == Movement(
+        from_location="A-1", to_location="STAGE", gtin=GTIN, quantity=3, task=41
+    )

@@ -12,12 +12,14 @@ import pytest
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_dumps
 
+from warelink.hub import outbound
 from warelink.hub.commit import IncomingBatch, commit_events
 from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import (
     Count,
     Event,
     EventBody,
+    Movement,
     Receipt,
     TrafficClass,
     Verification,
@@ -187,3 +189,46 @@ async def test_a_sku_code_where_a_gtin_belongs_is_taken_as_that_sku(
         ("SKU-A", Decimal(2))
     ]
     assert await rows(conn, "SELECT count(*) FROM skus") == [(1,)]
+
+
+async def released_task(gateway: Gateway, reference: str, quantity: int) -> int:
+    """A storage shelf with stock, a staging lane, and an order released against them."""
+    conn = gateway.conn
+    async with conn.transaction():
+        for zone, kind in (("STORE", "storage"), ("OUT", "staging")):
+            await conn.execute("INSERT INTO zones (site, code, kind) VALUES ('north', %s, %s)"
+                               " ON CONFLICT DO NOTHING", (zone, kind))  # fmt: skip
+        for code, zone in (("A-1", "STORE"), ("STAGE", "OUT")):
+            await conn.execute("INSERT INTO locations (site, code, kind, zone) VALUES"
+                               " ('north', %s, 'internal', %s) ON CONFLICT DO NOTHING",
+                               (code, zone))  # fmt: skip
+    await gateway.send(Receipt(location="A-1", gtin=GTIN, quantity=10, lot="L1"))
+    async with conn.transaction():
+        order = await outbound.release_order(
+            "north", reference=reference, customer="", staging="STAGE", partial=True,
+            lines=[outbound.OrderLine("SKU-A", Decimal(quantity))], actor="sup",
+            at=dt.datetime.now(dt.UTC), conn=conn,
+        )  # fmt: skip
+    return int(order["tasks"][0]["id"])
+
+
+async def test_a_handheld_pick_against_a_task_confirms_it(conn: AsyncConnection) -> None:
+    gateway = Gateway(conn)
+    task = await released_task(gateway, "o-1", 4)
+    pick = Movement(from_location="A-1", to_location="STAGE", gtin=GTIN, quantity=4,
+                    lot="L1", task=task)  # fmt: skip
+    await gateway.send(pick)
+    assert await rows(conn, f"SELECT state FROM pick_tasks WHERE id = {task}") == [("picked",)]
+    assert await rows(conn, "SELECT state FROM reservations") == [("consumed",)]
+    assert await rows(conn, "SELECT kind, from_location, to_location, quantity, document"
+                            " FROM movements WHERE kind = 'pick'") == [
+        ("pick", "A-1", "STAGE", Decimal(4), f"pick:{task}")
+    ]  # fmt: skip
+    # The same task picked again by another handheld: refused as a pick, posted as the
+    # move it physically was, and reported.
+    await gateway.send(pick)
+    assert await rows(conn, "SELECT kind, count(*) FROM movements WHERE to_location = 'STAGE'"
+                            " GROUP BY 1 ORDER BY 1") == [("move", 1), ("pick", 1)]  # fmt: skip
+    assert await rows(conn, "SELECT kind, subject FROM exceptions") == [
+        ("floor_report", f"refused:gw-1:{gateway.seq}")
+    ]
