@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import sys
@@ -227,10 +228,13 @@ class Chaos:
                     await edge.start()
                     stack.push_async_callback(edge.stop)
                     self.edges.append(edge)
-                return await self._under_load(faults, db_url)
+                result = await self._under_load(faults, db_url)
         finally:
             await self.broker.close()
             await self.pg.close()
+        if result.ok:  # the logs and configs are kept only when there is something to read
+            shutil.rmtree(self.root, ignore_errors=True)
+        return result
 
     async def _under_load(self, faults: tuple[str, ...], db_url: str) -> ChaosResult:
         async with asyncio.TaskGroup() as tasks:
