@@ -5,7 +5,8 @@ location → customer, movements location → location. A GTIN the hub does not 
 an unverified SKU and opens an ``unknown_sku`` exception: the stock is still booked, and
 fixing the master data later keeps the history. An RFID arrival the hub cannot tie to a
 SKU or licence plate opens ``unknown_epc``. Lots (with expiry), serials and licence
-plates a receipt names are registered as it is posted.
+plates a receipt names are registered as it is posted, and a receipt fills the oldest
+open advance-notice line of its SKU and lot.
 
 A device ``Count`` becomes a counted cycle count awaiting a supervisor's approval, a
 ``Verification`` (a scan with the pack scale's weight) is checked against the SKU's
@@ -28,7 +29,7 @@ import psycopg
 import structlog
 from psycopg import AsyncConnection
 
-from warelink.hub import counts, exceptions, ledger, outbound, verification
+from warelink.hub import counts, exceptions, inbound, ledger, outbound, verification
 from warelink.hub.errors import RequestError
 from warelink.hub.ledger import CUSTOMER, SUPPLIER, Leg, Posted
 from warelink.protocol.messages import (
@@ -128,6 +129,7 @@ async def apply(batches: Sequence[tuple[str, list[Event]]], *, conn: AsyncConnec
                 lpns.add((leg.lpn, site))
     await _register(lots, serials, lpns, conn=conn)
     raised += await _unknown_epcs(epcs, conn=conn)
+    legs = await inbound.match_notices(legs, conn=conn)
     posted = await _post(legs, raised, conn=conn)
     for site, sku, event in checks:
         raised += await _check(site, sku, event, conn=conn)

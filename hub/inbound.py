@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -432,6 +432,47 @@ async def _notice_line(
     if row is None:
         raise NotFound(f"notice {notice} has no line {line}")
     return row[0], row[1], row[2], row[3]
+
+
+async def match_notices(legs: Sequence[Leg], *, conn: AsyncConnection) -> list[Leg]:
+    """Device receipts, each linked to the oldest open notice line it fits (``asn:N/L``).
+
+    A scanner's receipt names no notice, so it fills the open lines of its site, SKU and lot
+    (or a line with no lot) oldest first, up to what each still expects; a receipt that
+    fits no line stays a receipt without a notice. One query for the whole flush.
+    """
+    wanted = sorted({(leg.site, leg.sku) for leg in legs
+                     if leg.kind == "receipt" and leg.document is None})  # fmt: skip
+    if not wanted:
+        return list(legs)
+    cur = await conn.execute(
+        f"SELECT n.site, l.sku, l.lot, l.notice, l.line, l.quantity - {_RECEIVED}"
+        " FROM advance_notices n JOIN advance_notice_lines l ON l.notice = n.id"
+        " JOIN unnest(%b::text[], %b::text[]) AS k (site, sku)"
+        " ON k.site = n.site AND k.sku = l.sku"
+        " LEFT JOIN movements m ON m.document = 'asn:' || l.notice || '/' || l.line"
+        " WHERE n.state = 'open' GROUP BY n.site, n.created_at, l.notice, l.line"
+        " ORDER BY n.created_at, l.notice, l.line",
+        ([w[0] for w in wanted], [w[1] for w in wanted]),
+    )
+    open_lines = [
+        [site, sku, lot, f"asn:{notice}/{line}", left]
+        for site, sku, lot, notice, line, left in await cur.fetchall()
+        if left > 0
+    ]
+    matched: list[Leg] = []
+    for leg in legs:
+        fits = next(
+            (line for line in open_lines
+             if leg.kind == "receipt" and leg.document is None and line[4] > 0
+             and (line[0], line[1]) == (leg.site, leg.sku) and line[2] in ("", leg.lot)),
+            None,
+        )  # fmt: skip
+        if fits is not None:
+            fits[4] -= leg.quantity
+            leg = replace(leg, document=fits[3])
+        matched.append(leg)
+    return matched
 
 
 async def _line_received(notice: int, line: int, *, conn: AsyncConnection) -> Decimal:

@@ -232,3 +232,29 @@ async def test_a_handheld_pick_against_a_task_confirms_it(conn: AsyncConnection)
     assert await rows(conn, "SELECT kind, subject FROM exceptions") == [
         ("floor_report", f"refused:gw-1:{gateway.seq}")
     ]
+
+
+async def test_scanned_receipts_fill_the_oldest_open_notice_lines(conn: AsyncConnection) -> None:
+    async with conn.transaction():
+        for reference, quantity in (("ASN-1", 6), ("ASN-2", 10)):
+            cur = await conn.execute(
+                "INSERT INTO advance_notices (site, reference, created_by) VALUES"
+                " ('north', %s, 'coordinator') RETURNING id",
+                (reference,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            await conn.execute(
+                "INSERT INTO advance_notice_lines (notice, line, sku, lot, quantity)"
+                " VALUES (%s, 1, 'SKU-A', '', %s)",
+                (row[0], quantity),
+            )
+    gateway = Gateway(conn)
+    for quantity in (4, 4, 10):  # 4 → ASN-1, 4 → ASN-1 (over by 2), 10 → ASN-2
+        await gateway.send(Receipt(location="DOCK-1", gtin=GTIN, quantity=quantity, lot="L1"))
+    await gateway.send(Receipt(location="DOCK-1", gtin=GTIN, quantity=1, lot="L1"))  # none
+    documents = await rows(conn, "SELECT n.reference, m.quantity FROM movements m"
+                                 " LEFT JOIN advance_notices n ON m.document"
+                                 " = 'asn:' || n.id || '/1' ORDER BY m.id")  # fmt: skip
+    assert documents == [("ASN-1", Decimal(4)), ("ASN-1", Decimal(4)), ("ASN-2", Decimal(10)),
+                         (None, Decimal(1))]  # fmt: skip
