@@ -260,6 +260,22 @@ class LedgerMachine(RuleBasedStateMachine):
             self.clerk_picks_an_order(reference, short=False)
         self.call(self.clerk, "POST", f"/orders/{reference}/ship", {})
 
+    @rule(sku=st.sampled_from(["A", "B"]), qty=st.integers(1, 8), shelf=st.sampled_from(SHELVES))
+    def an_order_goes_through_the_floor(self, sku: str, qty: int, shelf: str) -> None:
+        """Receive, put away, release, pick and ship in a row: the whole happy path."""
+        fields = self.lot_fields(sku, "L1")
+        self.call(
+            self.clerk,
+            "POST",
+            "/receipts",
+            {"location": "DOCK", "sku": self.skus[sku], "quantity": qty, **fields},
+        )
+        self.call(self.clerk, "POST", "/putaways",
+                  {"from_location": "DOCK", "to_location": shelf, "sku": self.skus[sku],
+                   "quantity": qty, "lot": fields.get("lot", "")})  # fmt: skip
+        reference = self.supervisor_releases_an_order(sku, qty)
+        self.clerk_ships_an_order(reference, pick_first=True)
+
     @rule(reference=consumes(orders))
     def supervisor_cancels_an_order(self, reference: str) -> None:
         self.call(self.supervisors[0], "POST", f"/orders/{reference}/cancel", {"reason": "test"})
