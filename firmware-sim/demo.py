@@ -126,11 +126,24 @@ def site_configs(directory: Path, count: int, mqtt_url: str) -> list[Path]:
     return paths
 
 
+DEMO_PORTS = range(20000, 32000)
+"""Below Linux's ephemeral range (32768-60999): a port the kernel hands out for outgoing
+connections could be taken by any client between writing a site config and the demo
+binding it, and the site configs (with their ports) are kept for the next run."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free now, outside the ephemeral range."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(DEMO_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {DEMO_PORTS.start}-{DEMO_PORTS.stop - 1}")
 
 
 def port_in_use(host: str, port: int) -> bool:
