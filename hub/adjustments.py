@@ -18,8 +18,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from warelink.hub import audit, ledger
-from warelink.hub.counts import require_internal_location, require_site, require_skus
+from warelink.hub.counts import require_internal_location, require_skus
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
+from warelink.hub.queries import require_site
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 
 from warelink.hub import audit, exceptions, ledger
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
+from warelink.hub.queries import require_site
 
 STATES = ("open", "counted", "recount", "approved", "rejected")
 # what each step needs the count to be in, and what it leaves it in
@@ -47,12 +48,6 @@ class CountedLine:
 
 
 # ------------------------------------------------------------------ checks shared with adjustments
-
-
-async def require_site(site: str, *, conn: AsyncConnection) -> None:
-    cur = await conn.execute("SELECT 1 FROM sites WHERE id = %s", (site,))
-    if await cur.fetchone() is None:
-        raise NotFound(f"no site {site!r}")
 
 
 async def require_internal_location(site: str, location: str, *, conn: AsyncConnection) -> None:

@@ -20,6 +20,7 @@ from psycopg import AsyncConnection
 from warelink.hub import audit, ledger
 from warelink.hub.errors import Conflict, Invalid, NotFound
 from warelink.hub.ledger import CUSTOMER, SCRAP, SUPPLIER, VIRTUAL, BalanceKey, Leg, Posted
+from warelink.hub.queries import require_site
 from warelink.protocol.gs1 import is_valid_check_digit
 
 
@@ -75,12 +76,6 @@ def check_lpn(lpn: str) -> None:
     """An all-digit licence plate of 18 digits is an SSCC: its check digit must hold."""
     if len(lpn) == 18 and lpn.isascii() and lpn.isdigit() and not is_valid_check_digit(lpn):
         raise Invalid(f"SSCC {lpn} has a wrong check digit")
-
-
-async def require_site(site: str, *, conn: AsyncConnection) -> None:
-    cur = await conn.execute("SELECT 1 FROM sites WHERE id = %s", (site,))
-    if await cur.fetchone() is None:
-        raise NotFound(f"no site {site!r}")
 
 
 async def require_location(

@@ -99,12 +99,6 @@ async def site_detail(site: str, *, conn: AsyncConnection) -> dict[str, Any]:
     return row
 
 
-async def require_site(site: str, *, conn: AsyncConnection) -> None:
-    cur = await conn.execute("SELECT 1 FROM sites WHERE id = %s", (site,))
-    if await cur.fetchone() is None:
-        raise NotFound(f"no site {site!r}")
-
-
 async def require_sku(sku: str, *, conn: AsyncConnection) -> None:
     cur = await conn.execute("SELECT 1 FROM skus WHERE code = %s", (sku,))
     if await cur.fetchone() is None:

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from warelink.hub import audit, ledger
 from warelink.hub.errors import Conflict, Invalid, NotFound
 from warelink.hub.ledger import CUSTOMER, Leg
+from warelink.hub.queries import require_site
 
 ZERO = Decimal(0)
 PICKABLE_ZONE_KINDS = ("storage",)  # besides locations in no zone
@@ -124,12 +125,6 @@ async def release_order(
     )  # fmt: skip
     await _refresh_order_state(site, reference, conn=conn)
     return await get_order(site, reference, conn=conn)
-
-
-async def require_site(site: str, *, conn: AsyncConnection) -> None:
-    cur = await conn.execute("SELECT 1 FROM sites WHERE id = %s", (site,))
-    if await cur.fetchone() is None:
-        raise NotFound(f"no site {site!r}")
 
 
 async def _skus(codes: Sequence[str], *, conn: AsyncConnection) -> dict[str, dict[str, Any]]:

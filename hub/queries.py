@@ -7,6 +7,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from warelink.hub.errors import NotFound
 from warelink.hub.store import BalanceChange
 
 SKEW_FLAG_MS = 2000.0  # an edge clock this far off the hub's is flagged, never "corrected"
@@ -26,6 +27,12 @@ async def list_sites(*, conn: AsyncConnection) -> list[dict[str, Any]]:
 async def site_exists(site: str, *, conn: AsyncConnection) -> bool:
     cur = await conn.execute("SELECT 1 FROM sites WHERE id = %s", (site,))
     return await cur.fetchone() is not None
+
+
+async def require_site(site: str, *, conn: AsyncConnection) -> None:
+    """NotFound (404) unless the site exists."""
+    if not await site_exists(site, conn=conn):
+        raise NotFound(f"no site {site!r}")
 
 
 async def site_stock(

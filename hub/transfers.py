@@ -24,9 +24,9 @@ from warelink.hub.inbound import (
     now,
     post_from_stock,
     require_location,
-    require_site,
 )
 from warelink.hub.ledger import TRANSIT, Leg
+from warelink.hub.queries import require_site
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from warelink.hub.api.stock_control import (
     Offset,
     SitePath,
 )
-from warelink.hub.counts import require_internal_location, require_site
+from warelink.hub.counts import require_internal_location
+from warelink.hub.queries import require_site
 
 router = APIRouter(tags=["exceptions"])
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from warelink.hub import csvio, masterdata
+from warelink.hub import csvio, masterdata, queries
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
@@ -318,7 +318,7 @@ async def _create(
         if write.stored:
             return write.stored
         if "site" in parent:
-            await masterdata.require_site(parent["site"], conn=conn)
+            await queries.require_site(parent["site"], conn=conn)
         if "sku" in parent:
             await masterdata.require_sku(parent["sku"], conn=conn)
         row = await masterdata.create(

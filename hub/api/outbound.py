@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, StringConstraints
 
-from warelink.hub import outbound
+from warelink.hub import outbound, queries
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
@@ -208,7 +208,7 @@ async def list_orders(
     offset: Offset = 0,
 ) -> Response:
     """The site's orders, oldest release first."""
-    await outbound.require_site(site, conn=conn)
+    await queries.require_site(site, conn=conn)
     rows = await outbound.list_orders(site, state=state, limit=limit, offset=offset, conn=conn)
     return _response([_json(OrderSummary, row) for row in rows])
 
@@ -286,7 +286,7 @@ async def list_tasks(
     offset: Offset = 0,
 ) -> Response:
     """The site's pick tasks (of one order, in one state), oldest first."""
-    await outbound.require_site(site, conn=conn)
+    await queries.require_site(site, conn=conn)
     rows = await outbound.list_tasks(
         site, order_ref=order, state=state, limit=limit, offset=offset, conn=conn
     )
@@ -367,7 +367,7 @@ async def verify(
     async with Idempotent(conn, who, key, {"site": site, **body.model_dump(mode="json")}) as w:
         if w.stored:
             return w.stored
-        await outbound.require_site(site, conn=conn)
+        await queries.require_site(site, conn=conn)
         row = await record_verification(
             site, sku=body.sku, lot=body.lot, quantity=body.quantity, weight_kg=body.weight_kg,
             epcs=body.epcs, order_ref=body.order_ref, actor=who.actor, at=_now(), conn=conn,
