@@ -13,6 +13,32 @@ from typing import Any
 
 import msgspec
 
+from warelink.protocol.limits import (
+    Antenna,
+    Code,
+    Codes,
+    Counted,
+    DeviceIds,
+    Elements,
+    EpcHex,
+    Gtin,
+    Id,
+    Key,
+    Measure,
+    OptCode,
+    Quantity,
+    RawScan,
+    Readings,
+    Reference,
+    Seq,
+    SeqOrZero,
+    Session,
+    Sscc,
+    Text,
+    Unit,
+    Units,
+)
+
 
 class TrafficClass(enum.IntEnum):
     """How the edge treats an event when links fail (DESIGN.md, decision 3)."""
@@ -27,52 +53,52 @@ class TrafficClass(enum.IntEnum):
 class WeightReading(msgspec.Struct, frozen=True, tag="weight"):
     """A scale's weight. Only stable readings are business events."""
 
-    weight: float
-    unit: str
+    weight: Measure
+    unit: Unit
     stable: bool
 
 
 class Scan(msgspec.Struct, frozen=True, tag="scan"):
     """A barcode scan with its GS1 element strings decoded (empty when not GS1)."""
 
-    raw: str
-    symbology: str
-    elements: dict[str, str] = {}
+    raw: RawScan
+    symbology: Code
+    elements: Elements = {}
 
 
 class Receipt(msgspec.Struct, frozen=True, tag="receipt"):
     """Goods received into a location: a ledger movement supplier → location."""
 
-    location: str
-    gtin: str
-    quantity: int
-    lot: str | None = None
+    location: Code
+    gtin: Gtin
+    quantity: Quantity
+    lot: Code | None = None
     expiry: dt.date | None = None
-    sscc: str | None = None
-    serial: str | None = None
+    sscc: Sscc | None = None
+    serial: Code | None = None
 
 
 class Shipment(msgspec.Struct, frozen=True, tag="shipment"):
     """Goods shipped out of a location: a ledger movement location → customer."""
 
-    location: str
-    gtin: str
-    quantity: int
-    lot: str | None = None
-    sscc: str | None = None
-    serial: str | None = None
+    location: Code
+    gtin: Gtin
+    quantity: Quantity
+    lot: Code | None = None
+    sscc: Sscc | None = None
+    serial: Code | None = None
 
 
 class Movement(msgspec.Struct, frozen=True, tag="movement"):
     """Goods moved between two locations of the site (putaway, AGV transport, …)."""
 
-    from_location: str
-    to_location: str
-    gtin: str
-    quantity: int
-    lot: str | None = None
-    lpn: str | None = None  # the licence plate / SSCC of the load, when known
-    task: int | None = None  # the hub's pick task a clerk picked against, when there is one
+    from_location: Code
+    to_location: Code
+    gtin: Gtin
+    quantity: Quantity
+    lot: Code | None = None
+    lpn: Code | None = None  # the licence plate / SSCC of the load, when known
+    task: Reference | None = None  # the hub's pick task a clerk picked against, when there is one
 
 
 class Count(msgspec.Struct, frozen=True, tag="count"):
@@ -82,32 +108,32 @@ class Count(msgspec.Struct, frozen=True, tag="count"):
     delta adjustment (never a "set quantity").
     """
 
-    location: str
-    gtin: str
-    counted: int
-    lot: str | None = None
+    location: Code
+    gtin: Gtin
+    counted: Counted
+    lot: Code | None = None
 
 
 class Verification(msgspec.Struct, frozen=True, tag="verification"):
     """A pick checked at the pack bench: what was scanned, and what the scale said."""
 
-    gtin: str
-    quantity: int
-    lot: str | None = None
-    weight: float | None = None  # kg, the scale's latest stable reading when given
-    scale: str | None = None
-    order: str | None = None
+    gtin: Gtin
+    quantity: Quantity
+    lot: Code | None = None
+    weight: Measure | None = None  # kg, the scale's latest stable reading when given
+    scale: Id | None = None
+    order: Code | None = None
 
 
 class TagRead(msgspec.Struct, frozen=True, tag="tag_read"):
     """A raw RFID observation (telemetry): what the reader saw, not a movement."""
 
-    epc: str  # hex
-    antenna: int
-    rssi: float | None = None
-    count: int = 1
-    zone: str | None = None
-    decoded: dict[str, str] = {}  # e.g. {"scheme": "sgtin-96", "gtin": …, "serial": …}
+    epc: EpcHex
+    antenna: Antenna
+    rssi: Measure | None = None
+    count: Quantity = 1
+    zone: Code | None = None
+    decoded: Elements = {}  # e.g. {"scheme": "sgtin-96", "gtin": …, "serial": …}
 
 
 class ZoneChange(enum.StrEnum):
@@ -119,40 +145,40 @@ class ZoneChange(enum.StrEnum):
 class ZoneTransition(msgspec.Struct, frozen=True, tag="zone_transition"):
     """A smoothed RFID event: a tag arrived in, moved to, or departed from a zone."""
 
-    epc: str
+    epc: EpcHex
     change: ZoneChange
-    zone: str
-    previous_zone: str | None = None
-    decoded: dict[str, str] = {}
+    zone: Code
+    previous_zone: Code | None = None
+    decoded: Elements = {}
 
 
 class AgvState(msgspec.Struct, frozen=True, tag="agv_state"):
     """An AGV's position and condition (telemetry; VDA 5050 state/visualization)."""
 
-    x: float
-    y: float
-    theta: float = 0.0
-    map_id: str = ""
+    x: Measure
+    y: Measure
+    theta: Measure = 0.0
+    map_id: OptCode = ""
     driving: bool = False
-    battery: float | None = None  # percent
-    order_id: str | None = None
-    last_node: str | None = None
-    errors: list[str] = []
+    battery: Measure | None = None  # percent
+    order_id: Code | None = None
+    last_node: Code | None = None
+    errors: Codes = []
 
 
 class PrinterState(msgspec.Struct, frozen=True, tag="printer_state"):
     """A label printer's condition from its status answer (telemetry)."""
 
     ready: bool
-    faults: list[str] = []  # "paper_out", "ribbon_out", "head_open", "paused", "buffer_full", …
-    labels_remaining: int | None = None
+    faults: Codes = []  # "paper_out", "ribbon_out", "head_open", "paused", "buffer_full", …
+    labels_remaining: Counted | None = None
 
 
 class Telemetry(msgspec.Struct, frozen=True, tag="telemetry"):
     """Named readings of a device without a richer type (e.g. Modbus registers)."""
 
-    values: dict[str, float]
-    unit: dict[str, str] = {}
+    values: Readings
+    unit: Units = {}
 
 
 class CommandOutcome(enum.StrEnum):
@@ -165,10 +191,10 @@ class CommandOutcome(enum.StrEnum):
 class CommandReport(msgspec.Struct, frozen=True, tag="command_report"):
     """How a hub command ended at the edge; travels as a ledger-class event, exactly once."""
 
-    key: str
-    action: str
+    key: Key
+    action: Code
     outcome: CommandOutcome
-    detail: str = ""
+    detail: Text = ""
 
 
 class DeviceState(enum.StrEnum):
@@ -180,7 +206,7 @@ class DeviceStatus(msgspec.Struct, frozen=True, tag="device_status"):
     """A device went online or offline, as seen by its driver."""
 
     state: DeviceState
-    detail: str = ""
+    detail: Text = ""
 
 
 EventBody = (
@@ -222,10 +248,10 @@ def body_type(body: EventBody) -> str:
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     """One floor event, durable and identified at the edge."""
 
-    gateway: str
-    seq: int
+    gateway: Id
+    seq: Seq
     id: uuid.UUID
-    device: str
+    device: Id
     cls: TrafficClass
     occurred_at: dt.datetime
     body: EventBody
@@ -248,10 +274,10 @@ class EventBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_fie
     decodes them as ``Event``. ``sent_at`` is the edge's clock, for skew.
     """
 
-    gateway: str
-    session: int
-    first_seq: int
-    last_seq: int
+    gateway: Id
+    session: Session
+    first_seq: Seq
+    last_seq: Seq
     sent_at: dt.datetime
     events: list[msgspec.Raw]
 
@@ -259,59 +285,59 @@ class EventBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_fie
 class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack", tag_field="k"):
     """Cumulative: every event of ``gateway`` up to ``seq`` is committed at the hub."""
 
-    gateway: str
-    seq: int
+    gateway: Id
+    seq: SeqOrZero
 
 
 class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, tag="replay", tag_field="k"):
     """The hub misses ``[from_seq, to_seq]`` of ``gateway``: send it again."""
 
-    gateway: str
-    from_seq: int
-    to_seq: int
+    gateway: Id
+    from_seq: Seq
+    to_seq: Seq
 
 
 class GatewayStats(msgspec.Struct, frozen=True, kw_only=True, tag="stats", tag_field="k"):
     """A gateway's own counters, sent periodically so the hub can show them."""
 
-    gateway: str
-    session: int
+    gateway: Id
+    session: Session
     sent_at: dt.datetime
-    counters: dict[str, float]
+    counters: Readings
 
 
 class Birth(msgspec.Struct, frozen=True, kw_only=True, tag="birth", tag_field="k"):
     """A gateway's session started; ``last_seq`` is the newest event it has stored."""
 
-    gateway: str
-    site: str
-    session: int
-    last_seq: int
-    devices: list[str] = []
-    version: str = ""
+    gateway: Id
+    site: Id
+    session: Session
+    last_seq: SeqOrZero
+    devices: DeviceIds = []
+    version: OptCode = ""
 
 
 class Death(msgspec.Struct, frozen=True, kw_only=True, tag="death", tag_field="k"):
     """A gateway's session ended (sent as its MQTT Will, or on a clean stop)."""
 
-    gateway: str
-    session: int
+    gateway: Id
+    session: Session
 
 
 class HubPresence(msgspec.Struct, frozen=True, kw_only=True, tag="presence", tag_field="k"):
     """The hub's availability, published retained; ``online=False`` is its Will."""
 
     online: bool
-    instance: str = ""
+    instance: OptCode = ""
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag="command", tag_field="k"):
     """A hub → device command; ``key`` makes it idempotent, ``expires_at`` bounds it."""
 
-    key: str
-    device: str
-    action: str
-    args: dict[str, Any] = {}
+    key: Key
+    device: Id
+    action: Code
+    args: dict[Code, Any] = {}
     expires_at: dt.datetime | None = None
 
 

@@ -13,10 +13,11 @@ import re
 import msgspec
 
 from warelink.protocol.errors import DecodeError
+from warelink.protocol.limits import ID_PATTERN
 
 VERSION = "v1"
 HUB_SEGMENT = "$hub"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(ID_PATTERN)
 
 
 class Kind(enum.StrEnum):
@@ -76,6 +77,8 @@ class Topics(msgspec.Struct, frozen=True):
         if len(parts) != 3:
             raise TopicError(f"topic {topic!r} is not {head}<site>/<gateway>/<kind>")
         site, gateway, kind = parts
+        if not (_NAME.match(site) and _NAME.match(gateway)):
+            raise TopicError(f"topic {topic[:200]!r} names no valid site and gateway")
         try:
             return GatewayTopic(site, gateway, Kind(kind))
         except ValueError:

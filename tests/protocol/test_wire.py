@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warelink.protocol import wire
+from warelink.protocol import limits, wire
 from warelink.protocol.messages import (
     Ack,
     Birth,
@@ -121,7 +121,7 @@ def test_arbitrary_bytes_raise_only_wire_decode_error(data: bytes) -> None:
 @given(
     st.lists(
         st.tuples(
-            st.floats(allow_nan=False, allow_infinity=False),
+            st.floats(min_value=-limits.MEASURE_MAX, max_value=limits.MEASURE_MAX),
             st.sampled_from(["kg", "g", "lb"]),
             st.booleans(),
         ),
@@ -153,3 +153,88 @@ def test_mutated_valid_payloads_raise_only_wire_decode_error(noise: bytes) -> No
     for cut in (len(good) // 3, len(good) // 2, len(good) - 1):
         with contextlib.suppress(WireDecodeError):
             wire.decode(good[:cut] + noise)
+
+
+# ------------------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (Birth(gateway="gw-a", site="s", session=2**63, last_seq=0), "$.session"),
+        (Birth(gateway="gw-a", site="s", session=1, last_seq=2**63), "$.last_seq"),
+        (Birth(gateway="gw-a", site="s", session=1, last_seq=1, devices=["a\x00"]), "devices"),
+        (Birth(gateway="gw a", site="s", session=1, last_seq=1), "$.gateway"),
+        (GatewayStats(gateway="gw-a", session=1, sent_at=WHEN, counters={"x\x00": 1.0}),
+         "counters"),
+        (GatewayStats(gateway="gw-a", session=1, sent_at=WHEN, counters={"x": float("nan")}),
+         "counters"),
+        (Ack(gateway="gw-a", seq=-1), "$.seq"),
+        (Command(key="k" * 129, device="d", action="a"), "$.key"),
+        (Command(key="k", device="d", action="a", args={"a": [[[[[[[[[[1]]]]]]]]]]}), "nested"),
+    ],
+)  # fmt: skip
+def test_values_out_of_bounds_are_refused_naming_the_field(message: object, field: str) -> None:
+    with pytest.raises(WireDecodeError, match=field.replace("$", "\\$")):
+        wire.decode(wire.encode(message))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (Receipt(location="L" * 65, gtin="09506000134352", quantity=1), "location"),
+        (Receipt(location="DOCK\x00", gtin="09506000134352", quantity=1), "location"),
+        (Receipt(location="DOCK", gtin="0950600013435", quantity=1), "gtin"),
+        (Receipt(location="DOCK", gtin="09506000134352", quantity=2**62), "quantity"),
+        (Receipt(location="DOCK", gtin="09506000134352", quantity=0), "quantity"),
+        (WeightReading(float("inf"), "kg", True), "weight"),
+        (Scan(raw="x" * 513, symbology="qr"), "raw"),
+        (DeviceStatus(state=DeviceState.ONLINE, detail="d" * 2001), "detail"),
+    ],
+)  # fmt: skip
+def test_event_bodies_out_of_bounds_are_refused(body: object, field: str) -> None:
+    with pytest.raises(WireDecodeError, match=f"body.{field}"):
+        wire.decode_event(wire.encode_event(event(1, body)))
+
+
+def test_a_batch_is_split_into_good_and_bad_events() -> None:
+    good = [event(1, WeightReading(1.0, "kg", True)), event(3, WeightReading(2.0, "kg", True))]
+    bad = wire.encode_event(event(2, Receipt(location="L" * 100, gtin="09506000134352",
+                                             quantity=1)))  # fmt: skip
+    broken = wire.encode_event(event(4, DeviceStatus(state=DeviceState.ONLINE))).replace(
+        b"scale-1", b"\xff" * 7
+    )
+    payload = wire.encode(
+        EventBatch(gateway="gw-a", session=1, first_seq=1, last_seq=4, sent_at=WHEN,
+                   events=[msgspec.Raw(wire.encode_event(good[0])), msgspec.Raw(bad),
+                           msgspec.Raw(wire.encode_event(good[1])), msgspec.Raw(broken)])
+    )  # fmt: skip
+    with pytest.raises(WireDecodeError):
+        wire.decode_batch(payload)
+    split = wire.split_batch(payload)
+    assert split.events == good
+    assert [(b.seq, b.raw) for b in split.bad] == [(2, bad), (4, broken)]
+    assert "location" in split.bad[0].reason and "UTF-8" in split.bad[1].reason
+    assert (split.envelope.first_seq, split.envelope.last_seq) == (1, 4)
+
+
+def test_a_batch_whose_envelope_is_bad_cannot_be_split() -> None:
+    payload = wire.encode(
+        EventBatch(gateway="gw-a", session=1, first_seq=0, last_seq=4, sent_at=WHEN, events=[])
+    )
+    with pytest.raises(WireDecodeError, match="first_seq"):
+        wire.split_batch(payload)
+
+
+def test_messages_beyond_the_size_limit_are_refused_before_decoding() -> None:
+    with pytest.raises(WireDecodeError, match="at most"):
+        wire.decode(b"\x00" * (limits.MESSAGE_BYTES_MAX + 1))
+
+
+def test_event_times_are_bounded_by_the_receivers_clock() -> None:
+    now = WHEN
+    assert limits.event_problem(now - dt.timedelta(days=399), now) is None
+    assert limits.event_problem(now + dt.timedelta(hours=23), now) is None
+    assert "days old" in (limits.event_problem(dt.datetime(1, 1, 1, tzinfo=dt.UTC), now) or "")
+    assert "ahead" in (limits.event_problem(dt.datetime(9999, 1, 1, tzinfo=dt.UTC), now) or "")
+    assert "time zone" in (limits.event_problem(dt.datetime(2026, 1, 1), now) or "")

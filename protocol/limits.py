@@ -1,0 +1,129 @@
+"""The bounds of every value that crosses a boundary, declared once.
+
+The wire decoders (``messages`` through msgspec's ``Meta``), the gateway's handheld API
+and the hub's REST models (pydantic, from the same constants) all enforce these, so a
+value that one entrance refuses is refused at every other, and nothing that passes can
+overflow a PostgreSQL column or index (a btree row holds at most 2704 bytes; ``text``
+cannot hold NUL; ``jsonb`` cannot hold NaN). Checks that need a clock (``event_problem``)
+take it as an argument: this module does no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Annotated, Any, Final
+
+import msgspec
+
+# ------------------------------------------------------------------ strings
+
+ID_MAX: Final = 64  # site, gateway and device ids: they become MQTT topic levels
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+CODE_MAX: Final = 64  # locations, SKUs, lots, serials, LPNs, orders, zones, map ids
+# Codes and names: no control characters (no NUL, no line breaks, no escapes).
+CODE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*$"
+TEXT_MAX: Final = 2000  # free text: details, reasons, error descriptions
+# Free text and raw scans: anything but NUL (GS1 scans carry the GS separator, 0x1d).
+TEXT_PATTERN: Final = r"^[^\x00]*$"
+RAW_SCAN_MAX: Final = 512  # a barcode's raw text (a 2D code holds at most a few hundred)
+KEY_MAX: Final = 128  # idempotency keys and command keys
+GTIN_PATTERN: Final = r"^\d{14}$"
+SSCC_PATTERN: Final = r"^\d{18}$"
+EPC_HEX_MAX: Final = 128  # an EPC in hex (496 bits at most in Gen2)
+EPC_PATTERN: Final = r"^[0-9A-Fa-f]{1,128}$"
+UNIT_MAX: Final = 16
+
+# ----------------------------------------------------------------- numbers
+
+INT8_MAX: Final = 2**63 - 1  # PostgreSQL bigint
+SEQ_MAX: Final = INT8_MAX  # a gateway's sequence numbers: 1..SEQ_MAX
+SESSION_MAX: Final = INT8_MAX
+QUANTITY_MAX: Final = 1_000_000_000  # units in one movement, count or verification
+REFERENCE_MAX: Final = 2**62  # ids of hub rows a client refers to (pick tasks, notices)
+# Any reading (weights, coordinates, counters — seqs among them): finite, within ±this.
+MEASURE_MAX: Final = 1e18
+ANTENNA_MAX: Final = 65_535
+# A gap wider than this is more than any gateway's outbox can hold (a 1 GiB disk budget
+# of ~60-byte events is under 20 million): an anomaly to report, not a range to replay.
+GAP_MAX: Final = 50_000_000
+
+# ------------------------------------------------------------- collections
+
+ELEMENTS_MAX: Final = 64  # GS1 element strings of one scan, decoded fields of one tag
+READINGS_MAX: Final = 256  # named values of one telemetry event, counters of one stats
+LIST_MAX: Final = 64  # faults, errors
+DEVICES_MAX: Final = 4096  # devices a birth announces
+BATCH_EVENTS_MAX: Final = 10_000  # events in one batch (the edge sends 500 by default)
+ARGS_DEPTH_MAX: Final = 8  # nesting of a command's arguments
+ARGS_BYTES_MAX: Final = 64 * 1024
+MESSAGE_BYTES_MAX: Final = 16 * 1024 * 1024  # an MQTT payload the hub or the edge reads
+
+# -------------------------------------------------------------------- time
+
+# An event's occurred_at must lie within this window of the receiver's clock when it
+# arrives (the hub's, at ingest): a gateway may have been cut off for months, but not
+# for years, and its clock may run ahead by a day at most.
+EVENT_MAX_AGE: Final = dt.timedelta(days=400)
+EVENT_MAX_AHEAD: Final = dt.timedelta(days=1)
+
+# ------------------------------------------------ msgspec types for the wire
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=CODE_MAX, pattern=CODE_PATTERN)]
+OptCode = Annotated[str, msgspec.Meta(max_length=CODE_MAX, pattern=CODE_PATTERN)]
+Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX, pattern=TEXT_PATTERN)]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=KEY_MAX, pattern=CODE_PATTERN)]
+Gtin = Annotated[str, msgspec.Meta(pattern=GTIN_PATTERN)]
+Sscc = Annotated[str, msgspec.Meta(pattern=SSCC_PATTERN)]
+EpcHex = Annotated[str, msgspec.Meta(pattern=EPC_PATTERN)]
+Unit = Annotated[str, msgspec.Meta(max_length=UNIT_MAX, pattern=CODE_PATTERN)]
+RawScan = Annotated[str, msgspec.Meta(max_length=RAW_SCAN_MAX, pattern=TEXT_PATTERN)]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=SEQ_MAX)]
+SeqOrZero = Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
+Session = Annotated[int, msgspec.Meta(ge=0, le=SESSION_MAX)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=QUANTITY_MAX)]
+Counted = Annotated[int, msgspec.Meta(ge=0, le=QUANTITY_MAX)]
+Reference = Annotated[int, msgspec.Meta(ge=1, le=REFERENCE_MAX)]
+Antenna = Annotated[int, msgspec.Meta(ge=0, le=ANTENNA_MAX)]
+# ge/le also refuse NaN (no comparison holds for it) and the infinities.
+Measure = Annotated[float, msgspec.Meta(ge=-MEASURE_MAX, le=MEASURE_MAX)]
+Elements = Annotated[dict[Code, Text], msgspec.Meta(max_length=ELEMENTS_MAX)]
+Readings = Annotated[dict[Code, Measure], msgspec.Meta(max_length=READINGS_MAX)]
+Units = Annotated[dict[Code, Unit], msgspec.Meta(max_length=READINGS_MAX)]
+Codes = Annotated[list[Code], msgspec.Meta(max_length=LIST_MAX)]
+DeviceIds = Annotated[list[Id], msgspec.Meta(max_length=DEVICES_MAX)]
+
+# ------------------------------------------------------------------ checks
+
+
+def event_problem(occurred_at: dt.datetime, now: dt.datetime) -> str | None:
+    """Why an event's time is out of bounds at ``now`` (the receiver's clock), or None."""
+    if occurred_at.tzinfo is None:
+        return "occurred_at has no time zone"
+    if occurred_at < now - EVENT_MAX_AGE:
+        return f"occurred_at {occurred_at.isoformat()} is more than {EVENT_MAX_AGE.days} days old"
+    if occurred_at > now + EVENT_MAX_AHEAD:
+        return f"occurred_at {occurred_at.isoformat()} is more than a day ahead of this clock"
+    return None
+
+
+def args_problem(args: dict[str, Any]) -> str | None:
+    """Why a command's free-form arguments are out of bounds, or None."""
+    if _depth(args, 0) > ARGS_DEPTH_MAX:
+        return f"args nested deeper than {ARGS_DEPTH_MAX}"
+    return None
+
+
+def _depth(value: object, level: int) -> int:
+    if level > ARGS_DEPTH_MAX:
+        return level  # deep enough to refuse: stop looking
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list | tuple):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def finite(value: float) -> bool:
+    return math.isfinite(value) and abs(value) <= MEASURE_MAX
