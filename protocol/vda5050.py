@@ -13,12 +13,13 @@ lost ``state``/``visualization`` messages. The vehicle side (the simulator) uses
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -337,12 +338,27 @@ def encode(message: Message) -> bytes:
     return _ENCODER.encode(message)
 
 
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Every failure on bad input is a ``Vda5050DecodeError``: msgspec's own errors and
+    the ones it lets through (invalid UTF-8 in a string, nesting past the recursion
+    limit); ``ValueError`` covers the floor graph's own checks too."""
+    try:
+        yield
+    except Vda5050DecodeError:
+        raise
+    except UnicodeDecodeError:
+        raise Vda5050DecodeError(f"{what}: invalid UTF-8 in a string") from None
+    except RecursionError:
+        raise Vda5050DecodeError(f"{what}: nested too deeply") from None
+    except (msgspec.MsgspecError, ValueError) as exc:  # ValidationError is a DecodeError
+        raise Vda5050DecodeError(f"{what}: {exc}") from None
+
+
 def decode(topic: Topic, data: bytes) -> Message:
     """Decode the JSON payload of ``topic``; raises ``Vda5050DecodeError`` on bad input."""
-    try:
+    with _translated(topic):
         message: Message = _DECODERS[topic].decode(data)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise Vda5050DecodeError(f"{topic}: {exc}") from None
     return message
 
 
@@ -481,11 +497,8 @@ class FloorGraph:
 
     @classmethod
     def from_json(cls, data: bytes) -> FloorGraph:
-        try:
-            spec = msgspec.json.decode(data, type=FloorGraphSpec)
-        except msgspec.DecodeError as exc:
-            raise Vda5050DecodeError(f"floor graph: {exc}") from None
-        return cls.from_spec(spec)
+        with _translated("floor graph"):
+            return cls.from_spec(msgspec.json.decode(data, type=FloorGraphSpec))
 
     def distance(self, a: str, b: str) -> float:
         na, nb = self.nodes[a], self.nodes[b]

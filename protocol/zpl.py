@@ -43,6 +43,7 @@ MAX_GS1_128_DATA: Final = 48
 """GS1-128: at most 48 data characters per symbol (FNC1 not counted)."""
 
 _JOB_KEY: Final = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_COPIES: Final = re.compile(r"[0-9]{1,8}")  # ^PQ quantity: 1 to 99,999,999 (not "²")
 JOB_COMMENT_PREFIX: Final = "warelink-job:"
 
 
@@ -719,7 +720,7 @@ def read_label(data: bytes) -> LabelContent:
             hex_indicator = rest[:1] if rest[:1] and not rest[:1].isspace() else "_"
         elif name == "PQ":
             first = rest.split(",")[0].strip()
-            copies = int(first) if first.isdigit() else 1
+            copies = int(first) if _COPIES.fullmatch(first) else 1  # ZPL's default
         elif name == "FD":
             value = rest.rstrip("\r\n")
             if barcode_next:
