@@ -23,6 +23,9 @@ ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 CODE_MAX: Final = 64  # locations, SKUs, lots, serials, LPNs, orders, zones, map ids
 # Codes and names: no control characters (no NUL, no line breaks, no escapes).
 CODE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*$"
+# Names and subjects people type (a supplier, a customer, a floor report's subject): one
+# line; some are indexed (an open report is unique by subject), so well under 2704 bytes.
+NAME_MAX: Final = 200
 TEXT_MAX: Final = 2000  # free text: details, reasons, error descriptions
 # Free text and raw scans: anything but NUL (GS1 scans carry the GS separator, 0x1d).
 TEXT_PATTERN: Final = r"^[^\x00]*$"
@@ -69,6 +72,7 @@ EVENT_MAX_AHEAD: Final = dt.timedelta(days=1)
 
 # ------------------------------------------------ msgspec types for the wire
 
+Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]  # with its time zone, always
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=CODE_MAX, pattern=CODE_PATTERN)]
 OptCode = Annotated[str, msgspec.Meta(max_length=CODE_MAX, pattern=CODE_PATTERN)]

@@ -7,7 +7,6 @@ tagged by its kind (``"k"``). A receiver checks the version before it trusts the
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -22,6 +21,7 @@ from warelink.protocol.limits import (
     Id,
     Seq,
     Session,
+    Timestamp,
     args_problem,
 )
 from warelink.protocol.messages import (
@@ -51,7 +51,7 @@ class DecodedBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_f
     session: Session
     first_seq: Seq
     last_seq: Seq
-    sent_at: dt.datetime
+    sent_at: Timestamp
     events: Annotated[list[Event], msgspec.Meta(max_length=BATCH_EVENTS_MAX)]
 
 
@@ -62,7 +62,7 @@ class RawBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_field
     session: Session
     first_seq: Seq
     last_seq: Seq
-    sent_at: dt.datetime
+    sent_at: Timestamp
     events: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=BATCH_EVENTS_MAX)]
 
 
