@@ -9,22 +9,25 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from warelink.hub import exceptions
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
-from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
-from warelink.hub.api.stock_control import (
-    NO_NUL,
+from warelink.hub.api.fields import (
     Code,
-    IdPath,
-    Limit,
-    Offset,
+    CodeQuery,
+    Reason,
+    ReferencePath,
+    RequiredName,
     SitePath,
+    SiteQuery,
+    Text,
 )
+from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
+from warelink.hub.api.stock_control import Limit, Offset
 from warelink.hub.counts import require_internal_location
 from warelink.hub.queries import require_site
 
@@ -35,7 +38,6 @@ Kind = Literal[
     "count_variance", "serial_conflict", "floor_report",
 ]  # fmt: skip
 State = Literal["open", "in_review", "resolved", "dismissed"]
-Text = Annotated[str, Field(max_length=2000, pattern=NO_NUL)]
 
 
 class ExceptionInfo(BaseModel):
@@ -76,8 +78,7 @@ class ExceptionPage(BaseModel):
 
 
 class FloorReport(BaseModel):
-    subject: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL,
-                                  description="what is wrong, in a few words")]  # fmt: skip
+    subject: RequiredName = Field(description="what is wrong, in a few words")
     note: Text = ""
     location: Code | None = None
 
@@ -91,7 +92,7 @@ class Handover(BaseModel):
 
 
 class Closing(BaseModel):
-    resolution: Annotated[str, Field(min_length=1, max_length=2000, pattern=NO_NUL)]
+    resolution: Reason
 
 
 async def _detail(
@@ -106,10 +107,10 @@ async def _detail(
 async def list_exceptions(
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_READ)],
-    site: Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)] = None,
+    site: SiteQuery = None,
     state: State | None = None,
     kind: Kind | None = None,
-    assignee: Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)] = None,
+    assignee: CodeQuery = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> ExceptionPage:
@@ -126,7 +127,7 @@ async def list_exceptions(
 
 @router.get("/exceptions/{exception_id}", response_model=ExceptionDetail, responses=READ_ERRORS)
 async def get_exception(
-    exception_id: IdPath,
+    exception_id: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_READ)],
 ) -> ExceptionDetail:
@@ -162,7 +163,7 @@ async def raise_floor_report(
 @router.post("/exceptions/{exception_id}/assign", response_model=ExceptionDetail,
              responses=WRITE_ERRORS)  # fmt: skip
 async def assign_exception(
-    exception_id: IdPath,
+    exception_id: ReferencePath,
     body: Assignment,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_WORK)],
@@ -181,7 +182,7 @@ async def assign_exception(
 @router.post("/exceptions/{exception_id}/review", response_model=ExceptionDetail,
              responses=WRITE_ERRORS)  # fmt: skip
 async def hand_for_review(
-    exception_id: IdPath,
+    exception_id: ReferencePath,
     body: Handover,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_WORK)],
@@ -213,7 +214,7 @@ async def _close(
 @router.post("/exceptions/{exception_id}/resolve", response_model=ExceptionDetail,
              responses=WRITE_ERRORS)  # fmt: skip
 async def resolve_exception(
-    exception_id: IdPath,
+    exception_id: ReferencePath,
     body: Closing,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_RESOLVE)],
@@ -226,7 +227,7 @@ async def resolve_exception(
 @router.post("/exceptions/{exception_id}/dismiss", response_model=ExceptionDetail,
              responses=WRITE_ERRORS)  # fmt: skip
 async def dismiss_exception(
-    exception_id: IdPath,
+    exception_id: ReferencePath,
     body: Closing,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_RESOLVE)],

@@ -11,26 +11,30 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, Field
 
 from warelink.hub import inbound, putaway, transfers
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.fields import (
+    Code,
+    Name,
+    OptCode,
+    Quantity,
+    Reason,
+    Reference,
+    ReferencePath,
+    SiteId,
+    SitePath,
+    SiteQuery,
+    Text,
+)
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.errors import Forbidden
 
 router = APIRouter(tags=["inbound"])
-
-# No control characters (PostgreSQL text cannot hold NUL; codes have no line breaks).
-_TEXT = r"^[^\x00-\x1f\x7f]*$"
-Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_TEXT)]
-OptCode = Annotated[str, StringConstraints(max_length=64, pattern=_TEXT)]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_TEXT)]
-Quantity = Annotated[Decimal, Field(gt=0, le=1_000_000_000, decimal_places=6)]
-Id = Annotated[int, Path(ge=1, le=2**62)]
-SitePath = Annotated[str, Path(min_length=1, max_length=64, pattern=_TEXT)]
 
 
 READ = READ_ERRORS
@@ -59,7 +63,7 @@ class NoticeLineIn(BaseModel):
 
 class NoticeIn(BaseModel):
     reference: Code
-    supplier: Annotated[str, StringConstraints(max_length=200, pattern=_TEXT)] = ""
+    supplier: Name = ""
     expected_at: AwareDatetime | None = None
     lines: list[NoticeLineIn] = Field(min_length=1, max_length=500)
 
@@ -134,7 +138,7 @@ async def list_notices(
 @router.get("/sites/{site}/notices/{notice}", response_model=NoticeOut, responses=READ)
 async def get_notice(
     site: SitePath,
-    notice: Id,
+    notice: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
 ) -> NoticeOut:
@@ -156,7 +160,7 @@ async def _finish(
 @router.post("/sites/{site}/notices/{notice}/close", response_model=NoticeOut, responses=WRITE)
 async def close_notice(
     site: SitePath,
-    notice: Id,
+    notice: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.RECEIVE)],
     key: IdempotencyKey = None,
@@ -168,7 +172,7 @@ async def close_notice(
 @router.post("/sites/{site}/notices/{notice}/cancel", response_model=NoticeOut, responses=WRITE)
 async def cancel_notice(
     site: SitePath,
-    notice: Id,
+    notice: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.NOTICES_WRITE)],
     key: IdempotencyKey = None,
@@ -184,7 +188,7 @@ class ReceiptIn(BaseModel):
     location: Code = Field(description="a location in a dock zone")
     quantity: Quantity
     sku: OptCode = Field("", description="SKU code or GTIN; may be left out with a notice")
-    notice: int | None = Field(None, ge=1, le=2**62)
+    notice: Reference | None = None
     line: int | None = Field(None, ge=1, le=100_000)
     lot: OptCode = ""
     expiry: dt.date | None = None
@@ -233,7 +237,7 @@ class ReturnIn(BaseModel):
     location: Code
     sku: Code = Field(description="SKU code or GTIN")
     quantity: Quantity
-    reason: Annotated[str, StringConstraints(max_length=200, pattern=_TEXT)] = ""
+    reason: Text = ""
     lot: OptCode = ""
     expiry: dt.date | None = None
     serial: OptCode = ""
@@ -332,12 +336,10 @@ async def suggest_putaway(
     site: SitePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.PUTAWAY)],
-    sku: Annotated[str, Query(min_length=1, max_length=64, pattern=_TEXT)],
-    quantity: Annotated[Decimal, Query(gt=0, le=1_000_000_000, decimal_places=6)],
-    lot: Annotated[str, Query(max_length=64, pattern=_TEXT)] = "",
-    from_location: Annotated[
-        str | None, Query(alias="from", min_length=1, max_length=64, pattern=_TEXT)
-    ] = None,
+    sku: Annotated[Code, Query()],
+    quantity: Annotated[Quantity, Query()],
+    lot: Annotated[OptCode, Query()] = "",
+    from_location: Annotated[Code | None, Query(alias="from")] = None,
 ) -> SuggestionOut:
     """Where to put stock away, by zone, SKU class, free capacity and what is there."""
     found = await putaway.suggest(site, sku, lot, quantity, from_location, conn=conn)
@@ -400,8 +402,8 @@ class TransferLineIn(BaseModel):
 
 
 class TransferIn(BaseModel):
-    from_site: Code
-    to_site: Code
+    from_site: SiteId
+    to_site: SiteId
     lines: list[TransferLineIn] = Field(min_length=1, max_length=500)
 
 
@@ -462,7 +464,7 @@ async def ship_transfer(
 async def list_transfers(
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
-    site: Annotated[str | None, Query(min_length=1, max_length=64, pattern=_TEXT)] = None,
+    site: SiteQuery = None,
     state: Literal["in_transit", "received", "cancelled"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
@@ -476,7 +478,7 @@ async def list_transfers(
 
 @router.get("/transfers/{transfer}", response_model=TransferOut, responses=READ)
 async def get_transfer(
-    transfer: Id, conn: Conn, who: Annotated[Principal, Allow(Permission.STOCK_READ)]
+    transfer: ReferencePath, conn: Conn, who: Annotated[Principal, Allow(Permission.STOCK_READ)]
 ) -> TransferOut:
     """A transfer with what was shipped, received and is still in transit."""
     found = await transfers.get(transfer, visible=who.covers, conn=conn)
@@ -488,7 +490,7 @@ async def get_transfer(
     responses=WRITE,
 )  # fmt: skip
 async def receive_transfer(
-    transfer: Id,
+    transfer: ReferencePath,
     body: TransferReceiptIn,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.TRANSFER)],

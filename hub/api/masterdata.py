@@ -14,15 +14,17 @@ from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from warelink.hub import csvio, masterdata, queries
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.fields import CodePath, SiteId, SitePath, SiteQuery
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
 from warelink.hub.errors import Forbidden, Invalid
+from warelink.protocol.limits import CODE_MAX, NAME_MAX
 
 router = APIRouter(tags=["master data"])
 
@@ -31,9 +33,10 @@ DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 # ------------------------------------------------------------------ field types
 
-Code = Annotated[str, Field(min_length=1, max_length=64, pattern=csvio.CODE_PATTERN)]
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=csvio.IDENT_PATTERN)]
-Name = Annotated[str, Field(max_length=200, pattern=csvio.TEXT_PATTERN)]
+# Master data is held to the CSV import's rules (csvio), within the API's bounds (fields).
+Code = Annotated[str, Field(min_length=1, max_length=CODE_MAX, pattern=csvio.CODE_PATTERN)]
+Ident = Annotated[str, Field(min_length=1, max_length=CODE_MAX, pattern=csvio.IDENT_PATTERN)]
+Name = Annotated[str, Field(max_length=NAME_MAX, pattern=csvio.TEXT_PATTERN)]
 Gtin = Annotated[
     str,
     Field(pattern=r"^([0-9]{8}|[0-9]{12,14})$", description="GTIN-8/12/13/14, check digit valid;"
@@ -50,7 +53,7 @@ Epc = Annotated[
 ]  # fmt: skip
 LpnCode = Annotated[
     str,
-    Field(min_length=1, max_length=64, pattern=csvio.CODE_PATTERN,
+    Field(min_length=1, max_length=CODE_MAX, pattern=csvio.CODE_PATTERN,
           description="an SSCC (18 digits, check digit valid) or another code with a letter"),
     AfterValidator(csvio.lpn_code),
 ]  # fmt: skip
@@ -64,8 +67,7 @@ ZoneKind = Literal["dock", "storage", "qc", "staging", "shipping"]
 Tracking = Literal["none", "lot", "serial"]
 PickPolicy = Literal["fifo", "fefo"]
 
-# Path segments as stored (devices may name locations outside the code pattern).
-Segment = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# Path segments are CodePath, looser than Code: devices may name locations outside it.
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows per page")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="rows to skip")]
 
@@ -78,7 +80,7 @@ class Input(BaseModel):
 
 
 class SiteIn(Input):
-    id: Code
+    id: SiteId
     name: Name = ""
     gln: Gln | None = None
 
@@ -218,7 +220,7 @@ class Serial(BaseModel):
 
 
 class LpnPatch(Input):
-    site: Code | None = None
+    site: SiteId | None = None
     epc: Epc | None = Field(None, description="the pallet's SSCC-96 tag")
 
 
@@ -367,14 +369,14 @@ async def create_site(body: SiteIn, conn: Conn, who: WriteWho, key: IdempotencyK
 
 
 @router.get("/sites/{site}", response_model=SiteDetail, responses=READ)
-async def get_site(site: Segment, conn: Conn, who: ReadWho) -> Response:
+async def get_site(site: SitePath, conn: Conn, who: ReadWho) -> Response:
     """A site with how many zones, locations, licence plates and gateways it has."""
     return _json(await masterdata.site_detail(site, conn=conn))
 
 
 @router.patch("/sites/{site}", response_model=SiteDetail, responses=WRITE)
 async def update_site(
-    site: Segment, body: SitePatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
+    site: SitePath, body: SitePatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
 ) -> Response:
     """Rename a site or set its GLN (null clears the GLN)."""
     changes = body.model_dump(exclude_unset=True)
@@ -392,26 +394,26 @@ async def update_site(
 
 @router.get("/sites/{site}/zones", response_model=Page[Zone], responses=READ)
 async def list_zones(
-    site: Segment, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0
+    site: SitePath, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0
 ) -> Response:
     return await _list("zones", conn, limit, offset, who, site=site)
 
 
 @router.post("/sites/{site}/zones", response_model=Zone, status_code=201, responses=WRITE)
 async def create_zone(
-    site: Segment, body: ZoneIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
+    site: SitePath, body: ZoneIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
 ) -> Response:
     return await _create("zones", {"site": site}, body, conn, who, key)
 
 
 @router.get("/sites/{site}/zones/{code}", response_model=Zone, responses=READ)
-async def get_zone(site: Segment, code: Segment, conn: Conn, who: ReadWho) -> Response:
+async def get_zone(site: SitePath, code: CodePath, conn: Conn, who: ReadWho) -> Response:
     return await _get("zones", (site, code), conn, who)
 
 
 @router.patch("/sites/{site}/zones/{code}", response_model=Zone, responses=WRITE)
 async def update_zone(
-    site: Segment, code: Segment, body: ZonePatch, conn: Conn, who: WriteWho,
+    site: SitePath, code: CodePath, body: ZonePatch, conn: Conn, who: WriteWho,
     key: IdempotencyKey = None,
 ) -> Response:  # fmt: skip
     return await _update("zones", (site, code), body, conn, who, key)
@@ -419,8 +421,8 @@ async def update_zone(
 
 @router.get("/sites/{site}/locations", response_model=Page[Location], responses=READ)
 async def list_locations(
-    site: Segment, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
-    zone: Annotated[str | None, Query(max_length=64, pattern=csvio.CODE_PATTERN)] = None,
+    site: SitePath, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
+    zone: Annotated[Code | None, Query()] = None,
 ) -> Response:  # fmt: skip
     """Locations of a site, virtual ones included (``kind`` says which)."""
     return await _list("locations", conn, limit, offset, who, site=site, zone=zone)
@@ -429,20 +431,20 @@ async def list_locations(
 @router.post("/sites/{site}/locations", response_model=Location, status_code=201,
              responses=WRITE)  # fmt: skip
 async def create_location(
-    site: Segment, body: LocationIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
+    site: SitePath, body: LocationIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
 ) -> Response:
     """A storage location; virtual locations come with the site and cannot be made here."""
     return await _create("locations", {"site": site}, body, conn, who, key)
 
 
 @router.get("/sites/{site}/locations/{code}", response_model=Location, responses=READ)
-async def get_location(site: Segment, code: Segment, conn: Conn, who: ReadWho) -> Response:
+async def get_location(site: SitePath, code: CodePath, conn: Conn, who: ReadWho) -> Response:
     return await _get("locations", (site, code), conn, who)
 
 
 @router.patch("/sites/{site}/locations/{code}", response_model=Location, responses=WRITE)
 async def update_location(
-    site: Segment, code: Segment, body: LocationPatch, conn: Conn, who: WriteWho,
+    site: SitePath, code: CodePath, body: LocationPatch, conn: Conn, who: WriteWho,
     key: IdempotencyKey = None,
 ) -> Response:  # fmt: skip
     """Change a location; null resets a field to its default. Virtual ones cannot change."""
@@ -467,13 +469,13 @@ async def create_sku(body: SkuIn, conn: Conn, who: WriteWho, key: IdempotencyKey
 
 
 @router.get("/skus/{code}", response_model=Sku, responses=READ)
-async def get_sku(code: Segment, conn: Conn, who: ReadWho) -> Response:
+async def get_sku(code: CodePath, conn: Conn, who: ReadWho) -> Response:
     return await _get("skus", (code,), conn, who)
 
 
 @router.patch("/skus/{code}", response_model=Sku, responses=WRITE)
 async def update_sku(
-    code: Segment, body: SkuPatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
+    code: CodePath, body: SkuPatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
 ) -> Response:
     """Change a SKU; null resets a field to its default. Any change verifies an unverified
     SKU (one the ledger made from an unknown GTIN)."""
@@ -482,26 +484,26 @@ async def update_sku(
 
 @router.get("/skus/{sku}/lots", response_model=Page[Lot], responses=READ)
 async def list_lots(
-    sku: Segment, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0
+    sku: CodePath, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0
 ) -> Response:
     return await _list("lots", conn, limit, offset, who, sku=sku)
 
 
 @router.post("/skus/{sku}/lots", response_model=Lot, status_code=201, responses=WRITE)
 async def create_lot(
-    sku: Segment, body: LotIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
+    sku: CodePath, body: LotIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
 ) -> Response:
     return await _create("lots", {"sku": sku}, body, conn, who, key)
 
 
 @router.get("/skus/{sku}/lots/{lot:path}", response_model=Lot, responses=READ)
-async def get_lot(sku: Segment, lot: Segment, conn: Conn, who: ReadWho) -> Response:
+async def get_lot(sku: CodePath, lot: CodePath, conn: Conn, who: ReadWho) -> Response:
     return await _get("lots", (sku, lot), conn, who)
 
 
 @router.patch("/skus/{sku}/lots/{lot:path}", response_model=Lot, responses=WRITE)
 async def update_lot(
-    sku: Segment, lot: Segment, body: LotPatch, conn: Conn, who: WriteWho,
+    sku: CodePath, lot: CodePath, body: LotPatch, conn: Conn, who: WriteWho,
     key: IdempotencyKey = None,
 ) -> Response:  # fmt: skip
     """Set or clear (null) a lot's expiry."""
@@ -510,27 +512,27 @@ async def update_lot(
 
 @router.get("/skus/{sku}/serials", response_model=Page[Serial], responses=READ)
 async def list_serials(
-    sku: Segment, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0
+    sku: CodePath, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0
 ) -> Response:
     return await _list("serials", conn, limit, offset, who, sku=sku)
 
 
 @router.post("/skus/{sku}/serials", response_model=Serial, status_code=201, responses=WRITE)
 async def create_serial(
-    sku: Segment, body: SerialIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
+    sku: CodePath, body: SerialIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
 ) -> Response:
     """A serial, with the EPC of its tag (an SGTIN-96 of the SKU's GTIN) if it has one."""
     return await _create("serials", {"sku": sku}, body, conn, who, key)
 
 
 @router.get("/skus/{sku}/serials/{serial:path}", response_model=Serial, responses=READ)
-async def get_serial(sku: Segment, serial: Segment, conn: Conn, who: ReadWho) -> Response:
+async def get_serial(sku: CodePath, serial: CodePath, conn: Conn, who: ReadWho) -> Response:
     return await _get("serials", (sku, serial), conn, who)
 
 
 @router.patch("/skus/{sku}/serials/{serial:path}", response_model=Serial, responses=WRITE)
 async def update_serial(
-    sku: Segment, serial: Segment, body: SerialPatch, conn: Conn, who: WriteWho,
+    sku: CodePath, serial: CodePath, body: SerialPatch, conn: Conn, who: WriteWho,
     key: IdempotencyKey = None,
 ) -> Response:  # fmt: skip
     """Set or clear (null) a serial's EPC."""
@@ -543,7 +545,7 @@ async def update_serial(
 @router.get("/lpns", response_model=Page[Lpn], responses=READ)
 async def list_lpns(
     conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
-    site: Annotated[str | None, Query(max_length=64, pattern=csvio.CODE_PATTERN)] = None,
+    site: SiteQuery = None,
 ) -> Response:  # fmt: skip
     """Licence plates of the caller's sites, and those not bound to a site."""
     return await _list("lpns", conn, limit, offset, who, site=site)
@@ -557,13 +559,13 @@ async def create_lpn(body: LpnIn, conn: Conn, who: WriteWho, key: IdempotencyKey
 
 
 @router.get("/lpns/{code}", response_model=Lpn, responses=READ)
-async def get_lpn(code: Segment, conn: Conn, who: ReadWho) -> Response:
+async def get_lpn(code: CodePath, conn: Conn, who: ReadWho) -> Response:
     return await _get("lpns", (code,), conn, who)
 
 
 @router.patch("/lpns/{code}", response_model=Lpn, responses=WRITE)
 async def update_lpn(
-    code: Segment, body: LpnPatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
+    code: CodePath, body: LpnPatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
 ) -> Response:
     """Bind a licence plate to a site, or set its EPC (null clears either)."""
     return await _update("lpns", (code,), body, conn, who, key)
@@ -617,6 +619,7 @@ CSV_BODY = {
     "/masterdata/{entity}/import",
     response_model=ImportReport,
     openapi_extra=CSV_BODY,
+    max_body_size=MAX_IMPORT_BYTES,  # more than the app's limit for JSON bodies
     responses={**errors(401, 403, 409, 413),
                422: {"model": ImportRejected, "description": "bad lines: nothing written"}},
 )  # fmt: skip

@@ -11,27 +11,32 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field
 
 from warelink.hub import outbound, queries
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.fields import (
+    Code,
+    CodePath,
+    CodeQuery,
+    EpcHex,
+    Name,
+    OptCode,
+    Quantity,
+    ReferencePath,
+    SitePath,
+    Text,
+    Weight,
+)
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.errors import Forbidden
 from warelink.hub.verification import record_verification
 
 router = APIRouter(tags=["outbound"])
 
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
-Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
-Text = Annotated[str, StringConstraints(max_length=500, pattern=_PRINTABLE)]
-LotCode = Annotated[str, StringConstraints(max_length=64, pattern=_PRINTABLE)]
-Quantity = Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=6, allow_inf_nan=False)]
-SitePath = Annotated[str, Path(min_length=1, max_length=64, pattern=_PRINTABLE)]
-ReferencePath = Annotated[str, Path(min_length=1, max_length=64, pattern=_PRINTABLE)]
-TaskPath = Annotated[int, Path(ge=1, le=2**62)]
 TaskState = Literal["open", "picked", "verified", "shipped", "cancelled"]
 OrderState = Literal["released", "picked", "shipped", "cancelled"]
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -44,12 +49,12 @@ Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 class OrderLineIn(BaseModel):
     sku: Code
     quantity: Quantity
-    lot: LotCode = Field("", description="'' : any lot, chosen by the SKU's pick policy")
+    lot: OptCode = Field("", description="'' : any lot, chosen by the SKU's pick policy")
 
 
 class ReleaseIn(BaseModel):
     reference: Code
-    customer: Text = ""
+    customer: Name = ""
     lines: list[OrderLineIn] = Field(min_length=1, max_length=200)
     staging: Code | None = Field(
         None, description="where picks go; default: the site's first staging-zone location"
@@ -63,7 +68,7 @@ class ReleaseIn(BaseModel):
 
 class PickIn(BaseModel):
     location: Code = Field(description="where the stock was actually taken from")
-    lot: LotCode | None = Field(None, description="the lot actually taken; default: the task's")
+    lot: OptCode | None = Field(None, description="the lot actually taken; default: the task's")
     quantity: Quantity = Field(description="up to the task's quantity; less is a short pick")
     serials: list[Code] | None = Field(
         None, max_length=1000, description="for serial-tracked SKUs: the serials picked"
@@ -83,14 +88,10 @@ class ShipIn(BaseModel):
 
 class VerificationIn(BaseModel):
     sku: Code = Field(description="SKU code or GTIN")
-    lot: LotCode = ""
+    lot: OptCode = ""
     quantity: Quantity
-    weight_kg: (
-        Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6, allow_inf_nan=False)] | None
-    ) = None
-    epcs: list[Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f]{1,64}$")]] | None = Field(
-        None, max_length=10_000
-    )
+    weight_kg: Weight | None = None
+    epcs: list[EpcHex] | None = Field(None, max_length=10_000)
     order_ref: Code | None = None
 
 
@@ -216,7 +217,7 @@ async def list_orders(
 @router.get("/sites/{site}/orders/{reference}", response_model=OrderOut, responses=READ_ERRORS)
 async def get_order(
     site: SitePath,
-    reference: ReferencePath,
+    reference: CodePath,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
     conn: Conn,
 ) -> Response:
@@ -229,7 +230,7 @@ async def get_order(
 )
 async def cancel_order(
     site: SitePath,
-    reference: ReferencePath,
+    reference: CodePath,
     body: CancelIn,
     who: Annotated[Principal, Allow(Permission.ORDERS_WRITE)],
     conn: Conn,
@@ -251,7 +252,7 @@ async def cancel_order(
 )
 async def ship_order(
     site: SitePath,
-    reference: ReferencePath,
+    reference: CodePath,
     body: ShipIn,
     who: Annotated[Principal, Allow(Permission.SHIP)],
     conn: Conn,
@@ -281,7 +282,7 @@ async def list_tasks(
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
     conn: Conn,
     state: TaskState | None = None,
-    order: Annotated[str | None, Query(min_length=1, max_length=64, pattern=_PRINTABLE)] = None,
+    order: CodeQuery = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Response:
@@ -296,7 +297,7 @@ async def list_tasks(
 @router.get("/sites/{site}/pick-tasks/{task}", response_model=TaskOut, responses=READ_ERRORS)
 async def get_task(
     site: SitePath,
-    task: TaskPath,
+    task: ReferencePath,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
     conn: Conn,
 ) -> Response:
@@ -307,7 +308,7 @@ async def get_task(
 @router.post("/sites/{site}/pick-tasks/{task}/pick", response_model=TaskOut, responses=WRITE_ERRORS)
 async def pick(
     site: SitePath,
-    task: TaskPath,
+    task: ReferencePath,
     body: PickIn,
     who: Annotated[Principal, Allow(Permission.PICK)],
     conn: Conn,
@@ -330,7 +331,7 @@ async def pick(
 )
 async def cancel_task(
     site: SitePath,
-    task: TaskPath,
+    task: ReferencePath,
     body: CancelIn,
     who: Annotated[Principal, Allow(Permission.ORDERS_WRITE)],
     conn: Conn,

@@ -7,76 +7,34 @@ writes, answer with the pydantic model the route declares.
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    Field,
-    PlainSerializer,
-    WithJsonSchema,
-)
+from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer
 
 from warelink.hub import adjustments, counts
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, HubDep, IdempotencyKey, Idempotent
+from warelink.hub.api.fields import (
+    Change,
+    Code,
+    CodeQuery,
+    Counted,
+    OptCode,
+    ReferencePath,
+    SitePath,
+    Text,
+)
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
 
 router = APIRouter(tags=["stock control"])
 
-NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
-Code = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
-Lot = Annotated[str, Field(max_length=64, pattern=NO_NUL)]
-SitePath = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL)]
-IdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0, le=10**9)]
 # Quantities leave as plain decimal strings ("12.5", never "1.25E+1"): exact, and JSON-safe.
-Quantity = Annotated[Decimal, PlainSerializer(lambda q: format(q, "f"), return_type=str)]
-LIMIT = 10**12  # no shelf holds more: keeps every quantity well inside numeric
-
-
-def _exact(value: object) -> object:
-    """A quantity may come as a JSON number or, exactly, as a decimal string."""
-    if not isinstance(value, str):
-        return value
-    try:
-        quantity = Decimal(value)
-    except InvalidOperation:
-        raise ValueError("not a decimal number") from None
-    if not quantity.is_finite() or int(quantity.as_tuple().exponent) < -30:
-        raise ValueError("a finite decimal with at most 30 places")
-    return quantity
-
-
-def _non_zero(quantity: Decimal) -> Decimal:
-    if quantity == 0:
-        raise ValueError("must not be zero: + found, - lost")
-    return quantity
-
-
-CountedQuantity = Annotated[
-    Decimal,
-    BeforeValidator(_exact),
-    Field(ge=0, le=LIMIT),
-    WithJsonSchema({"type": "number", "minimum": 0, "maximum": LIMIT}, mode="validation"),
-]
-Change = Annotated[
-    Decimal,
-    BeforeValidator(_exact),
-    Field(ge=-LIMIT, le=LIMIT),
-    AfterValidator(_non_zero),
-    WithJsonSchema(
-        {"type": "number", "minimum": -LIMIT, "maximum": LIMIT, "not": {"const": 0},
-         "description": "the change: + found, - lost (not 0)"},
-        mode="validation",
-    ),
-]  # fmt: skip
+QuantityOut = Annotated[Decimal, PlainSerializer(lambda q: format(q, "f"), return_type=str)]
 
 
 # ------------------------------------------------------------------ counts
@@ -90,8 +48,8 @@ class OpenCount(BaseModel):
 
 class CountedLineIn(BaseModel):
     sku: Code
-    lot: Lot = ""
-    counted: CountedQuantity
+    lot: OptCode = ""
+    counted: Counted
 
 
 class RecordCount(BaseModel):
@@ -109,11 +67,11 @@ class RecordCount(BaseModel):
 class CountLine(BaseModel):
     sku: str
     lot: str
-    counted: Quantity
-    baseline: Quantity | None = Field(
+    counted: QuantityOut
+    baseline: QuantityOut | None = Field(
         description="The ledger's quantity as of counted_at (all statuses); null when blind"
     )
-    variance: Quantity | None = Field(description="counted − baseline; null when blind")
+    variance: QuantityOut | None = Field(description="counted − baseline; null when blind")
 
 
 class CountSummary(BaseModel):
@@ -171,7 +129,7 @@ async def list_counts(
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
     state: CountState | None = None,
-    location: Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)] = None,
+    location: CodeQuery = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> list[CountSummary]:
@@ -184,7 +142,7 @@ async def list_counts(
 @router.get("/sites/{site}/counts/{count_id}", response_model=Count, responses=READ_ERRORS)
 async def get_count(
     site: SitePath,
-    count_id: IdPath,
+    count_id: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
 ) -> Count:
@@ -197,7 +155,7 @@ async def get_count(
              responses=WRITE_ERRORS)  # fmt: skip
 async def record_count(
     site: SitePath,
-    count_id: IdPath,
+    count_id: ReferencePath,
     body: RecordCount,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.COUNT)],
@@ -240,7 +198,7 @@ async def _decide(
              responses=WRITE_ERRORS)  # fmt: skip
 async def approve_count(
     site: SitePath,
-    count_id: IdPath,
+    count_id: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.COUNT_APPROVE)],
     key: IdempotencyKey = None,
@@ -256,7 +214,7 @@ async def approve_count(
              responses=WRITE_ERRORS)  # fmt: skip
 async def recount(
     site: SitePath,
-    count_id: IdPath,
+    count_id: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.COUNT_APPROVE)],
     key: IdempotencyKey = None,
@@ -269,7 +227,7 @@ async def recount(
              responses=WRITE_ERRORS)  # fmt: skip
 async def reject_count(
     site: SitePath,
-    count_id: IdPath,
+    count_id: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.COUNT_APPROVE)],
     key: IdempotencyKey = None,
@@ -292,12 +250,12 @@ class ReasonCode(BaseModel):
 class AdjustmentRequest(BaseModel):
     location: Code
     sku: Code
-    lot: Lot = ""
-    serial: Lot = ""
+    lot: OptCode = ""
+    serial: OptCode = ""
     status: Status = "available"
     quantity: Change
     reason: Code = Field(description="a code from GET /api/v1/reason-codes")
-    note: Annotated[str, Field(max_length=2000, pattern=NO_NUL)] = ""
+    note: Text = ""
 
 
 class Adjustment(BaseModel):
@@ -308,7 +266,7 @@ class Adjustment(BaseModel):
     lot: str
     serial: str
     status: Status
-    quantity: Quantity
+    quantity: QuantityOut
     reason: str
     note: str
     state: AdjustmentState
@@ -376,7 +334,7 @@ async def list_adjustments(
             responses=READ_ERRORS)  # fmt: skip
 async def get_adjustment(
     site: SitePath,
-    adjustment_id: IdPath,
+    adjustment_id: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
 ) -> Adjustment:
@@ -400,7 +358,7 @@ async def _decide_adjustment(
              responses=WRITE_ERRORS)  # fmt: skip
 async def approve_adjustment(
     site: SitePath,
-    adjustment_id: IdPath,
+    adjustment_id: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.ADJUST_APPROVE)],
     key: IdempotencyKey = None,
@@ -413,7 +371,7 @@ async def approve_adjustment(
              responses=WRITE_ERRORS)  # fmt: skip
 async def reject_adjustment(
     site: SitePath,
-    adjustment_id: IdPath,
+    adjustment_id: ReferencePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.ADJUST_APPROVE)],
     key: IdempotencyKey = None,
