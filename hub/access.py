@@ -44,7 +44,8 @@ class Permission(enum.StrEnum):
     EXCEPTIONS_RAISE = "exceptions.raise"
     EXCEPTIONS_WORK = "exceptions.work"  # take, comment, hand on for review
     EXCEPTIONS_RESOLVE = "exceptions.resolve"
-    GATEWAYS_READ = "gateways.read"
+    GATEWAYS_READ = "gateways.read"  # gateways, their counters, what ingest quarantined
+    QUARANTINE_DECIDE = "quarantine.decide"  # release or dismiss a quarantined event
     COMMANDS_READ = "commands.read"
     COMMANDS_WRITE = "commands.write"
     IDENTITIES_ADMIN = "identities.admin"  # users, service identities, keys

@@ -2,8 +2,9 @@
 
 The views hold the one definition of every KPI; this module only sums their rows over a
 period ``[since, until)`` of UTC days, as docs/analyst.md states, so the API, a BI tool and
-a spreadsheet get the same figures. Exports stream PostgreSQL's own CSV (``COPY … TO
-STDOUT``) in chunks, never the whole result in memory.
+a spreadsheet get the same figures. Exports stream the rows of ``COPY … TO STDOUT`` in
+chunks, never the whole result in memory, written as CSV by ``csvio.row`` (so a SKU name or
+lot that looks like a formula reaches a spreadsheet as text).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import BaseModel
 
+from warelink.hub import csvio
 from warelink.hub.errors import Invalid
 
 MAX_PERIOD_DAYS = 3660
@@ -421,7 +423,7 @@ async def covered_sites(
 _MOVEMENTS_CSV = (
     "COPY (SELECT * FROM analyst.movements WHERE (site = %(site)s OR to_site = %(site)s)"
     " AND occurred_at >= %(since)s AND occurred_at < %(until)s ORDER BY movement)"
-    " TO STDOUT (FORMAT csv, HEADER)"
+    " TO STDOUT (FORMAT text, HEADER)"
 )
 _BALANCES_CSV = (
     "COPY (SELECT b.site, b.location, l.kind AS location_kind, b.sku, s.gtin, b.lot,"
@@ -430,7 +432,7 @@ _BALANCES_CSV = (
     " LEFT JOIN skus s ON s.code = b.sku LEFT JOIN lots lo ON lo.sku = b.sku AND lo.lot = b.lot"
     " WHERE b.site = %(site)s AND b.quantity <> 0"
     " ORDER BY b.location, b.sku, b.lot, b.serial, b.lpn, b.status)"
-    " TO STDOUT (FORMAT csv, HEADER)"
+    " TO STDOUT (FORMAT text, HEADER)"
 )
 FAR_PAST = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
 FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
@@ -439,18 +441,21 @@ FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 async def _copy_csv(
     statement: str, params: dict[str, Any], *, conn: AsyncConnection
 ) -> AsyncIterator[bytes]:
-    """PostgreSQL writes the CSV; rows arrive as they are produced and leave in 64 KiB chunks."""
+    """Rows arrive as PostgreSQL produces them (the header first, every value as its text,
+    NULL as None) and leave as CSV lines in 64 KiB chunks."""
     async with conn.transaction():
         await conn.execute("SET LOCAL TimeZone = 'UTC'")
         async with conn.cursor().copy(statement, params) as copy:
-            buffer = bytearray()
-            async for data in copy:
-                buffer += data
-                if len(buffer) >= CHUNK_BYTES:
-                    yield bytes(buffer)
-                    buffer.clear()
-            if buffer:
-                yield bytes(buffer)
+            lines: list[str] = []
+            size = 0
+            async for record in copy.rows():
+                lines.append(line := csvio.row(record))
+                size += len(line)
+                if size >= CHUNK_BYTES:
+                    yield "".join(lines).encode()
+                    lines, size = [], 0
+            if lines:
+                yield "".join(lines).encode()
 
 
 def movements_csv(

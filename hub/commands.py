@@ -14,22 +14,35 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from warelink.hub.api.fields import Code, Key
+from warelink.protocol.limits import ARGS_BYTES_MAX, ARGS_DEPTH_MAX, args_problem
 from warelink.protocol.messages import Command
 
 OPEN_FOR = dt.timedelta(hours=24)  # a command without an expiry still ends somewhere
 
 
 class CommandRequest(BaseModel):
-    action: str = Field(min_length=1, max_length=64, examples=["zero"])
-    args: dict[str, Any] = {}
-    key: str | None = Field(
-        None, min_length=1, max_length=128, description="Idempotency key; one is made if absent."
+    action: Code = Field(examples=["zero"])
+    args: dict[Code, Any] = Field(
+        {},
+        description=f"Nested at most {ARGS_DEPTH_MAX} deep, at most {ARGS_BYTES_MAX} bytes"
+        " (msgpack); no NUL, NaN or infinity.",
     )
+    key: Key | None = Field(None, description="Idempotency key; one is made if absent.")
     expires_in_s: float | None = Field(
-        None, gt=0, le=OPEN_FOR.total_seconds(), description="Not run after this (default 24 h)."
-    )
+        None, gt=0, le=OPEN_FOR.total_seconds(), allow_inf_nan=False,
+        description="Not run after this (default 24 h).",
+    )  # fmt: skip
+
+    @field_validator("args")
+    @classmethod
+    def _bounded(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """As the edge's decoder bounds them (and as jsonb holds them)."""
+        if problem := args_problem(args):
+            raise ValueError(problem)
+        return args
 
 
 class CommandInfo(BaseModel):

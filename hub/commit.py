@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from psycopg import AsyncConnection
 
-from warelink.hub import device_rules, store
-from warelink.protocol import wire
+from warelink.hub import device_rules, quarantine, store
+from warelink.hub.quarantine import QuarantinedEvent
+from warelink.protocol import limits, wire
 from warelink.protocol.delivery import Coverage
 from warelink.protocol.errors import DecodeError
 from warelink.protocol.messages import CommandReport, Event
@@ -25,7 +26,7 @@ from warelink.protocol.topics import Topics
 
 
 class Malformed(Exception):
-    """An events message the hub cannot use; counted and dropped."""
+    """An events message whose envelope the hub cannot use: quarantined whole."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class IncomingBatch:
     last_seq: int
     events: list[Event]
     skew_ms: float  # the edge's clock minus the hub's, when it arrived (transit included)
+    quarantined: list[QuarantinedEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -51,6 +53,8 @@ class FlushResult:
     committed: int = 0
     duplicates: int = 0
     rejected: int = 0  # events under a site their gateway does not belong to
+    quarantined: int = 0  # events set aside (newly)
+    anomalies: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # too-wide gaps
     gaps_detected: int = 0
     gaps_filled: int = 0
 
@@ -63,30 +67,64 @@ class FlushResult:
         self.committed += other.committed
         self.duplicates += other.duplicates
         self.rejected += other.rejected
+        self.quarantined += other.quarantined
+        self.anomalies.update(other.anomalies)
         self.gaps_detected += other.gaps_detected
         self.gaps_filled += other.gaps_filled
 
 
-def decode_events(topic: str, payload: bytes, topics: Topics) -> IncomingBatch:
-    """One events message, or Malformed saying why not."""
+def decode_events(
+    topic: str, payload: bytes, topics: Topics, now: dt.datetime | None = None
+) -> IncomingBatch:
+    """One events message, its bad events set aside; Malformed if the envelope is bad.
+
+    ``now`` is the hub's clock, the one event times are bounded by (limits.event_problem).
+    """
+    now = now or dt.datetime.now(dt.UTC)
     try:
         where = topics.parse(topic)
-        batch = wire.decode_batch(payload)
     except DecodeError as exc:
         raise Malformed(str(exc)) from None
-    if batch.gateway != where.gateway:
-        raise Malformed(f"batch of gateway {batch.gateway!r} on the topic of {where.gateway!r}")
-    if not 1 <= batch.first_seq <= batch.last_seq:
-        raise Malformed(f"batch covers no range: [{batch.first_seq}, {batch.last_seq}]")
-    for event in batch.events:
-        if event.gateway != where.gateway:
-            raise Malformed(f"event of gateway {event.gateway!r} in a batch of {where.gateway!r}")
-        if not batch.first_seq <= event.seq <= batch.last_seq:
-            raise Malformed(f"event seq {event.seq} outside the batch's range")
-    skew = (batch.sent_at - dt.datetime.now(dt.UTC)).total_seconds() * 1000
-    return IncomingBatch(
-        where.site, where.gateway, batch.first_seq, batch.last_seq, batch.events, skew
-    )
+    try:
+        batch = wire.decode_batch(payload)  # the usual case: every event sound
+        header: wire.DecodedBatch | wire.RawBatch = batch
+        events, bad = batch.events, []
+    except DecodeError:
+        try:  # the slow path: which events are bad?
+            split = wire.split_batch(payload)
+        except DecodeError as exc:
+            raise Malformed(str(exc)) from None
+        header, events = split.envelope, split.events
+        bad = [QuarantinedEvent(b.raw, b.seq, b.reason) for b in split.bad]
+    if header.gateway != where.gateway:
+        raise Malformed(f"batch of gateway {header.gateway!r} on the topic of {where.gateway!r}")
+    first, last = header.first_seq, header.last_seq
+    if first > last:
+        raise Malformed(f"batch covers no range: [{first}, {last}]")
+    good: list[Event] = []
+    oldest, newest = now - limits.EVENT_MAX_AGE, now + limits.EVENT_MAX_AHEAD
+    gateway = where.gateway
+    for event in events:
+        if (
+            event.gateway == gateway
+            and first <= event.seq <= last
+            and oldest <= event.occurred_at <= newest
+        ):
+            good.append(event)  # the usual case: three comparisons
+            continue
+        problem = _event_problem(event, gateway, first, last, now)
+        seq = event.seq if first <= event.seq <= last else None
+        bad.append(QuarantinedEvent(wire.encode_event(event), seq, problem))
+    skew = (header.sent_at - now).total_seconds() * 1000
+    return IncomingBatch(where.site, where.gateway, first, last, good, skew, bad)
+
+
+def _event_problem(event: Event, gateway: str, first: int, last: int, now: dt.datetime) -> str:
+    if event.gateway != gateway:
+        return f"event of gateway {event.gateway!r} in a batch of {gateway!r}"
+    if not first <= event.seq <= last:
+        return f"event seq {event.seq} outside the batch's range [{first}, {last}]"
+    return limits.event_problem(event.occurred_at, now) or "out of bounds"
 
 
 def _in_order(events: list[Event]) -> list[Event]:
@@ -153,11 +191,18 @@ async def commit_events(batches: Sequence[IncomingBatch], *, conn: AsyncConnecti
             filled = open_gap is not None and gap != open_gap
             result.gaps_detected += detected
             result.gaps_filled += filled
-            if gap is not None:
-                result.gaps[gateway] = (mark.site, *gap)
             mark.acked_seq = coverage.watermark
             mark.early_ranges = [list(r) for r in coverage.early]
             mark.max_seq = max(mark.max_seq, *(b.last_seq for b in per_gateway[gateway]))
+            if gap is not None and gap[1] - gap[0] + 1 > limits.GAP_MAX:
+                result.anomalies[gateway] = (mark.site, *gap)  # reported, never asked for
+            elif gap is not None:
+                result.gaps[gateway] = (mark.site, *gap)
+            set_aside = [q for b in per_gateway[gateway] for q in b.quarantined
+                         if q.seq is not None or b.last_seq > was_watermark]  # fmt: skip
+            result.quarantined += await quarantine.keep_events(
+                mark.site, gateway, set_aside, conn=conn
+            )
             events = new[gateway]
             duplicates = offered[gateway] - len(events)
             result.duplicates += duplicates

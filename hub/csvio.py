@@ -7,6 +7,9 @@ cell and a JSON field are held to one rule.
 
 A cell left empty takes the column's default (``None`` where the column may be empty);
 a column left out of the header keeps what is stored (or the default for a new row).
+
+``row`` is the one place the hub writes a CSV line (master data and the ledger exports
+alike): every cell is made ``safe`` for spreadsheets there.
 """
 
 from __future__ import annotations
@@ -370,7 +373,7 @@ def _parse_row(
     errors: list[LineError] = []
     for column, raw in zip(columns, cells, strict=True):
         name = column.name
-        cell = raw.strip()
+        cell = unsafe(raw.strip())
         if not cell:
             if column.key:
                 errors.append(LineError(line, name, "required"))
@@ -390,10 +393,54 @@ def _parse_row(
 
 # ------------------------------------------------------------------ writing
 
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_QUOTED = re.compile(r'[,"\r\n]')
 
-def cell(value: Any) -> str:
-    if value is None:
-        return ""
+
+def safe(text: str) -> str:
+    """A cell a spreadsheet shows as text and never runs as a formula (OWASP, CSV injection).
+
+    Text that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (after
+    any apostrophes) gets an apostrophe in front, which spreadsheets hide; ``unsafe``
+    takes it off again, so an export imports back unchanged. A plain number (``-5``,
+    ``+1.5e3``) is left as it is: a spreadsheet reads it as a number, which runs
+    nothing, and a negative quantity stays a number to sum.
+    """
+    if _FORMULA.match(text) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def unsafe(text: str) -> str:
+    """The cell ``safe`` was given: one apostrophe it added is taken off."""
+    if text.startswith("'") and _FORMULA.match(text, 1) and not _NUMBER.fullmatch(text, 1):
+        return text[1:]
+    return text
+
+
+def row(cells: Iterable[str | None]) -> str:
+    """One CSV line of text cells, each made ``safe``.
+
+    ``None`` is an empty cell, ``""`` a quoted empty one (as PostgreSQL writes NULL and
+    an empty string); a cell is quoted when it holds a comma, a quote or a line break, or
+    was made safe (OWASP: quote it too).
+    """
+    out = []
+    for value in cells:
+        if value is None:
+            out.append("")
+            continue
+        text = safe(value)
+        if text != value or not text or _QUOTED.search(text):
+            text = '"' + text.replace('"', '""') + '"'
+        out.append(text)
+    return ",".join(out) + "\n"
+
+
+def cell(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -405,8 +452,6 @@ def cell(value: Any) -> str:
 
 def write(rows: Iterable[Mapping[str, Any]], entity: Entity) -> str:
     """CSV text with the entity's columns, as ``parse`` reads it back."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(entity.names)
-    writer.writerows([cell(row[name]) for name in entity.names] for row in rows)
-    return out.getvalue()
+    lines = [row(entity.names)]
+    lines.extend(row(cell(r[name]) for name in entity.names) for r in rows)
+    return "".join(lines)

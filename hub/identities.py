@@ -139,11 +139,11 @@ async def update(
     identity: str,
     changes: dict[str, Any],
     *,
-    authenticator: auth.Authenticator,
     who: Principal,
     conn: AsyncConnection,
 ) -> dict[str, Any]:
-    """Change display name, roles, sites or active; takes effect at once in this process."""
+    """Change display name, roles, sites or active; takes effect at once (every request
+    reads them)."""
     row = await _lock(identity, who=who, conn=conn)
     roles = {Role(r) for r in changes.get("roles", row["roles"])}
     sites = row["sites"] if "sites" not in changes else changes["sites"]
@@ -161,7 +161,6 @@ async def update(
         (changes.get("display_name", row["display_name"]), sorted(r.value for r in roles), sites,
          changes.get("active", row["active"]), identity),
     )  # fmt: skip
-    authenticator.forget_identity(identity)
     changed = await get(identity, who=who, conn=conn)
     await audit.record(
         who.actor, "identity.update", site=audit_site(changed["sites"]), subject=identity,
@@ -195,8 +194,6 @@ async def set_password(
         (identity, keep_credential),
     )
     revoked = [r[0] for r in await cur.fetchall()]
-    for credential in revoked:
-        authenticator.forget(credential)
     await audit.record(
         who.actor, action, site=audit_site(row["sites"]), subject=identity,
         detail={"tokens_revoked": len(revoked)}, conn=conn,
@@ -288,17 +285,15 @@ async def revoke_key(
     identity: str,
     key_id: str,
     *,
-    authenticator: auth.Authenticator,
     who: Principal,
     conn: AsyncConnection,
 ) -> dict[str, Any]:
-    """Revoke at once here; other hub processes stop accepting it within their cache time."""
+    """Revoke: refused at once by every hub process (each request reads the key's row)."""
     row = await _lock(identity, who=who, conn=conn)
     key = await get_key(identity, key_id, who=who, conn=conn)
     if key["revoked_at"] is not None:
         raise Conflict(f"API key {key_id!r} was revoked at {key['revoked_at']:%Y-%m-%d %H:%M:%S}")
     await conn.execute("UPDATE credentials SET revoked_at = now() WHERE id = %s", (key_id,))
-    authenticator.forget(key_id)
     await audit.record(
         who.actor, "key.revoke", site=audit_site(row["sites"]), subject=f"{identity}/{key_id}",
         conn=conn,

@@ -5,6 +5,11 @@ are gathered into flushes; each flush commits in one transaction (``hub.commit``
 after the commit does the hub publish each gateway's cumulative ack (DESIGN.md,
 decision 2); a crash before it means the edge resends and the duplicates are dropped.
 A gap in a gateway's stream is answered with a replay request.
+
+No single message stops ingest: a message or event the hub cannot use is quarantined
+with its reason (``hub.quarantine``) and everything else goes on; a data error from
+PostgreSQL is a fault of one event, found by committing the flush in halves, not an
+outage. Only a lost connection (broker or database) makes the worker reconnect.
 """
 
 from __future__ import annotations
@@ -13,19 +18,22 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiomqtt
 import msgspec
 import psycopg
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_dumps
 
-from warelink.hub import commands, store
+from warelink.hub import commands, quarantine, store
 from warelink.hub.commit import FlushResult, IncomingBatch, Malformed, commit_events, decode_events
+from warelink.hub.quarantine import QuarantinedEvent
 from warelink.hub.settings import HubSettings
-from warelink.protocol import wire
+from warelink.protocol import limits, wire
 from warelink.protocol.backoff import Backoff
 from warelink.protocol.errors import DecodeError
 from warelink.protocol.messages import (
@@ -47,7 +55,10 @@ class IngestStats:
     messages: int = 0
     events_committed: int = 0
     duplicates_dropped: int = 0
-    malformed_dropped: int = 0
+    malformed_dropped: int = 0  # no gateway to name: counted and logged only
+    quarantined_events: int = 0
+    quarantined_messages: int = 0
+    gap_anomalies: int = 0
     flushes: int = 0
     gaps_detected: int = 0
     gaps_filled: int = 0
@@ -61,13 +72,46 @@ class SessionIncoming:
 
     site: str
     gateway: str
+    topic: str
     payload: bytes
 
 
-Incoming = IncomingBatch | SessionIncoming
+@dataclass(frozen=True)
+class RejectedMessage:
+    """A message of a known gateway the hub cannot use: quarantined in its place."""
+
+    site: str
+    gateway: str
+    topic: str
+    payload: bytes
+    reason: str
+
+
+Incoming = IncomingBatch | SessionIncoming | RejectedMessage
 
 IDLE_CHECK_S = 1.0
-REPLAY_AFTER_S = 2.0  # a gap that has not moved for this long is asked for (and again)
+REPLAY_AFTER_S = 2.0  # a gap that has not moved for this long is asked for
+REPLAY_AGAIN_MAX_S = 10.0  # asked again with doubling intervals, at most this far apart
+
+# Faults of the data, not of the database: the event (or message) that causes one is
+# quarantined. ProgramLimitExceeded (a value too large for an index) is an
+# OperationalError by class, but no reconnect will ever make the value fit.
+POISON = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+
+
+def is_poison(exc: BaseException) -> bool:
+    """True for an error one event (or message) brings with it: quarantine, go on."""
+    if isinstance(exc, psycopg.Error):
+        return isinstance(exc, POISON)
+    # Our own code choking on a value (a bug, or a bound we missed) is the event's too.
+    return isinstance(exc, ValueError | ArithmeticError | LookupError | TypeError)
+
+
+def is_outage(exc: BaseException, conn: AsyncConnection) -> bool:
+    """True when the connection, not the data, failed: reconnect and let edges resend."""
+    if conn.closed or conn.broken:
+        return True
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, POISON)
 
 
 @dataclass
@@ -78,6 +122,7 @@ class OpenGap:
     watermark: int
     since: float  # loop time when the watermark last moved
     asked_at: float = -1e9
+    asks: int = 0  # requests sent for this gap (their interval doubles)
 
 
 class Ingest:
@@ -97,6 +142,7 @@ class Ingest:
         self.mqtt_connected = False
         self._malformed_logged = False
         self._gaps: dict[str, OpenGap] = {}
+        self._anomalies: dict[str, tuple[int, int]] = {}  # reported once per gateway and range
         self._held: set[str] = set()  # gateways whose events failed to commit, not acked
         self._client: aiomqtt.Client | None = None
 
@@ -111,6 +157,10 @@ class Ingest:
                 # Nothing is lost: what was not committed is not acked, so edges resend.
                 if backoff.attempts == 0:
                     log.warning("ingest.disconnected", error=str(lost.exceptions[0]))
+            except* Exception as bug:
+                # Never stop ingest silently: say what broke, then start a new session.
+                log.error("ingest.failed", error=repr(bug.exceptions[0]),
+                          exc_info=bug.exceptions[0])  # fmt: skip
             finally:
                 self.mqtt_connected = False
             await asyncio.sleep(backoff.next_delay())
@@ -120,9 +170,12 @@ class Ingest:
         gone = wire.encode(HubPresence(online=False, instance=self.instance))
         conn = await psycopg.AsyncConnection.connect(self.settings.db_url, autocommit=True)
         set_json_dumps(msgspec.json.encode, context=conn)
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.MaximumPacketSize = limits.MESSAGE_BYTES_MAX + 64 * 1024  # payload + headers
         client = aiomqtt.Client(
             self.settings.mqtt_host,
             self.settings.mqtt_port,
+            properties=connect,
             identifier=f"warelink-hub-{self.instance}",
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(presence, gone, qos=1, retain=True),
@@ -158,7 +211,11 @@ class Ingest:
 
         async def receive() -> None:
             async for message in client.messages:
-                incoming = self._decode(message)
+                try:
+                    incoming = self._decode(message)
+                except Exception as exc:  # a decoder bug must not stop every gateway
+                    self._malformed(str(message.topic)[:200], f"undecodable: {exc!r}")
+                    continue
                 if incoming is not None:
                     queue.put_nowait(incoming)
 
@@ -177,12 +234,11 @@ class Ingest:
             self._malformed(topic, str(exc))
             return None
         if where.kind is not Kind.EVENTS:
-            return SessionIncoming(where.site, where.gateway, payload)
+            return SessionIncoming(where.site, where.gateway, topic, payload)
         try:
             return decode_events(topic, payload, self.topics)
         except Malformed as exc:
-            self._malformed(topic, str(exc))
-            return None
+            return RejectedMessage(where.site, where.gateway, topic, payload, str(exc))
 
     async def _flush_loop(
         self,
@@ -207,6 +263,8 @@ class Ingest:
                     await self._commit(pending, client, conn)
                     pending, size = [], 0
                     await self._session_message(item, client, conn)
+                elif isinstance(item, RejectedMessage):
+                    await self._quarantine_message(item, conn)
                 else:
                     pending.append(item)
                     size += len(item.events)
@@ -239,14 +297,20 @@ class Ingest:
         try:
             result = await commit_events(batches, conn=conn)
             self._release({b.gateway for b in batches})
-        except psycopg.OperationalError:
-            raise  # the database is away: the session reconnects and the edges resend
-        except Exception:  # a fault in one gateway's events must not stop all of them
+        except Exception as exc:  # a fault in one gateway's events must not stop all of them
+            if is_outage(exc, conn):
+                raise  # the session reconnects and the edges resend
             result = await self._commit_apart(batches, conn)
         stats = self.stats
         stats.flushes += 1
         stats.events_committed += result.committed
         stats.duplicates_dropped += result.duplicates
+        if result.quarantined:
+            before = stats.quarantined_events
+            stats.quarantined_events += result.quarantined
+            if before == 0 or before // 1000 != stats.quarantined_events // 1000:
+                log.warning("ingest.events_quarantined", count=result.quarantined,
+                            total=stats.quarantined_events)  # fmt: skip
         stats.gaps_detected += result.gaps_detected
         stats.gaps_filled += result.gaps_filled
         if result.rejected:
@@ -256,6 +320,7 @@ class Ingest:
                 ack = wire.encode(Ack(gateway=gateway, seq=seq))
                 topic = self.topics.gateway(site, gateway, Kind.ACK)
                 sends.create_task(client.publish(topic, ack, qos=1))
+        await self._report_anomalies(result, conn)
         self._track_gaps(result)
         await self._ask_for_gaps(client, conn)
         if self.on_commit is not None:
@@ -264,29 +329,63 @@ class Ingest:
     async def _commit_apart(
         self, batches: list[IncomingBatch], conn: AsyncConnection
     ) -> FlushResult:
-        """Commit each gateway's batches on their own; hold back the ones that still fail.
+        """Commit each gateway's batches on their own, finding and quarantining poison.
 
-        A held gateway is not acked, so its edge keeps the events and resends them: nothing
-        is lost, and the other gateways go on. It is logged once as an error (with the
-        traceback) and again when its events commit.
+        A gateway whose events fail with a data error is committed in halves until the
+        one event that fails is alone: it is quarantined, the rest go on. A gateway that
+        fails otherwise (the database refuses it for a reason that may pass) is held: not
+        acked, so its edge keeps the events and resends them; logged once, and again when
+        its events commit.
         """
         result = FlushResult()
         per_gateway: dict[str, list[IncomingBatch]] = {}
         for batch in batches:
             per_gateway.setdefault(batch.gateway, []).append(batch)
         for gateway, mine in per_gateway.items():
+            pieces = [piece for batch in mine for piece in _pieces(batch)]
             try:
-                result.absorb(await commit_events(mine, conn=conn))
+                await self._commit_halves(pieces, result, conn)
                 self._release({gateway})
-            except psycopg.OperationalError:
-                raise
-            except Exception:  # held back: see the docstring
+            except Exception as exc:  # held back: see the docstring
+                if is_outage(exc, conn):
+                    raise
                 if gateway not in self._held:
                     self._held.add(gateway)
-                    log.exception("ingest.gateway_held", gateway=gateway, site=mine[0].site,
-                                  first_seq=mine[0].first_seq)  # fmt: skip
+                    log.error("ingest.gateway_held", gateway=gateway, site=mine[0].site,
+                              first_seq=mine[0].first_seq, exc_info=exc)  # fmt: skip
         self.stats.gateways_held = len(self._held)
         return result
+
+    async def _commit_halves(
+        self, pieces: list[IncomingBatch], result: FlushResult, conn: AsyncConnection
+    ) -> None:
+        """Commit contiguous pieces of one gateway's stream; a poison event found alone is
+        quarantined in its place (its seq covered, so the stream goes on)."""
+        try:
+            result.absorb(await commit_events(pieces, conn=conn))
+            return
+        except Exception as exc:
+            if is_outage(exc, conn) or not is_poison(exc):
+                raise
+            failure = exc
+        if len(pieces) == 1 and len(pieces[0].events) > 1:
+            pieces = _pieces(pieces[0])
+        if len(pieces) > 1:
+            half = len(pieces) // 2
+            await self._commit_halves(pieces[:half], result, conn)
+            await self._commit_halves(pieces[half:], result, conn)
+            return
+        piece = pieces[0]
+        event = piece.events[0] if piece.events else None
+        reason = f"the hub could not apply it: {type(failure).__name__}: {failure}"
+        set_aside = [] if event is None else [
+            QuarantinedEvent(wire.encode_event(event), event.seq, reason)
+        ]  # fmt: skip
+        log.warning("ingest.event_quarantined", gateway=piece.gateway, site=piece.site,
+                    seq=event.seq if event else None, reason=reason[:300])  # fmt: skip
+        result.absorb(
+            await commit_events([replace(piece, events=[], quarantined=set_aside)], conn=conn)
+        )
 
     def _release(self, gateways: set[str]) -> None:
         for gateway in gateways & self._held:
@@ -294,15 +393,45 @@ class Ingest:
             log.info("ingest.gateway_released", gateway=gateway)
         self.stats.gateways_held = len(self._held)
 
+    async def _quarantine_message(self, rejected: RejectedMessage, conn: AsyncConnection) -> None:
+        """Keep a message the hub cannot use, with why; a database fault here is logged."""
+        self.stats.quarantined_messages += 1
+        if self.stats.quarantined_messages == 1 or self.stats.quarantined_messages % 1000 == 0:
+            log.warning("ingest.message_quarantined", site=rejected.site,
+                        gateway=rejected.gateway, reason=rejected.reason[:300],
+                        total=self.stats.quarantined_messages)  # fmt: skip
+        try:
+            await quarantine.keep_message(
+                rejected.site, rejected.gateway, rejected.topic, rejected.payload,
+                rejected.reason, conn=conn,
+            )  # fmt: skip
+        except Exception as exc:
+            if is_outage(exc, conn):
+                raise
+            self._malformed(f"{rejected.site}/{rejected.gateway}", f"not kept: {exc}")
+
     async def _session_message(
+        self, incoming: SessionIncoming, client: aiomqtt.Client, conn: AsyncConnection
+    ) -> None:
+        """A birth, death or stats message; one that cannot be used is quarantined."""
+        try:
+            await self._use_session_message(incoming, client, conn)
+        except Exception as exc:
+            if is_outage(exc, conn) or isinstance(exc, aiomqtt.MqttError):
+                raise
+            await self._quarantine_message(
+                RejectedMessage(incoming.site, incoming.gateway, incoming.topic, incoming.payload,
+                                f"{type(exc).__name__}: {exc}"), conn,
+            )  # fmt: skip
+
+    async def _use_session_message(
         self, incoming: SessionIncoming, client: aiomqtt.Client, conn: AsyncConnection
     ) -> None:
         site, gateway = incoming.site, incoming.gateway
         try:
             message = wire.decode(incoming.payload)
         except DecodeError as exc:
-            self._malformed(f"{site}/{gateway}", str(exc))
-            return
+            raise _Unusable(str(exc)) from None
         if isinstance(message, Birth) and message.gateway == gateway:
             acked = await store.record_birth(
                 site, gateway, message.session, message.last_seq, message.devices, conn=conn
@@ -319,36 +448,58 @@ class Ingest:
         elif isinstance(message, GatewayStats) and message.gateway == gateway:
             await store.record_edge_counters(gateway, message.counters, conn=conn)
         else:
-            self._malformed(f"{site}/{gateway}", f"unexpected {type(message).__name__}")
+            raise _Unusable(f"unexpected {type(message).__name__} of gateway "
+                            f"{getattr(message, 'gateway', '?')!r}")  # fmt: skip
 
     def _track_gaps(self, result: FlushResult) -> None:
         """Remember open gaps and when their gateway's watermark last moved."""
         now = asyncio.get_running_loop().time()
         for gateway, (site, watermark) in result.acks.items():
             gap = result.gaps.get(gateway)
-            if gap is None:
-                self._gaps.pop(gateway, None)
-                continue
             known = self._gaps.get(gateway)
+            if gap is None:
+                if known is not None:
+                    log.info("ingest.gap_closed", gateway=gateway, site=site,
+                             asked=known.asks)  # fmt: skip
+                    del self._gaps[gateway]
+                continue
             if known is None or known.watermark != watermark:
                 self._gaps[gateway] = OpenGap(site, gap[1], gap[2], watermark, since=now)
             else:
                 known.first, known.last = gap[1], gap[2]
 
+    async def _report_anomalies(self, result: FlushResult, conn: AsyncConnection) -> None:
+        """A gap wider than any outbox could hold is reported once, never asked for."""
+        for gateway, (site, first, last) in result.anomalies.items():
+            if self._anomalies.get(gateway) == (first, last):
+                continue
+            self._anomalies[gateway] = (first, last)
+            self.stats.gap_anomalies += 1
+            log.warning("ingest.gap_anomaly", gateway=gateway, site=site,
+                        missing=f"{first}-{last}", width=last - first + 1)  # fmt: skip
+            await conn.execute(
+                "UPDATE gateways SET gap_anomalies = gap_anomalies + 1 WHERE id = %s", (gateway,)
+            )
+
     async def _ask_for_gaps(self, client: aiomqtt.Client, conn: AsyncConnection) -> None:
         """Ask for a missing range once it stopped filling by itself for a while.
 
         A gap that two hubs' commits opened, or that a gateway is draining anyway, closes
-        on its own; a request then would only make the gateway send things twice.
+        on its own; a request then would only make the gateway send things twice. A gap
+        that stays open is asked for again at doubling intervals (at most 10 s
+        apart), and logged when it opens and when it closes, not per request.
         """
         now = asyncio.get_running_loop().time()
         for gateway, gap in self._gaps.items():
-            if now - gap.since < REPLAY_AFTER_S or now - gap.asked_at < REPLAY_AFTER_S:
+            interval = min(REPLAY_AFTER_S * 2**gap.asks, REPLAY_AGAIN_MAX_S)
+            if now - gap.since < REPLAY_AFTER_S or now - gap.asked_at < interval:
                 continue
+            if gap.asks == 0:
+                log.info("ingest.gap", gateway=gateway, site=gap.site,
+                         missing=f"{gap.first}-{gap.last}")  # fmt: skip
             gap.asked_at = now
+            gap.asks += 1
             self.stats.replays_requested += 1
-            log.info("ingest.gap", gateway=gateway, site=gap.site,
-                     missing=f"{gap.first}-{gap.last}")  # fmt: skip
             await store.count_replay_request(gateway, conn=conn)
             request = ReplayRequest(gateway=gateway, from_seq=gap.first, to_seq=gap.last)
             topic = self.topics.gateway(gap.site, gateway, Kind.REPLAY)
@@ -373,3 +524,21 @@ class Ingest:
             log.warning("ingest.malformed_dropped", where=where, error=why,
                         total=self.stats.malformed_dropped)  # fmt: skip
             self._malformed_logged = True
+
+
+class _Unusable(Exception):
+    """A session message that decodes to nothing the hub can use."""
+
+
+def _pieces(batch: IncomingBatch) -> list[IncomingBatch]:
+    """A batch as contiguous one-event pieces covering its whole range, in order."""
+    if len(batch.events) <= 1:
+        return [batch]
+    pieces: list[IncomingBatch] = []
+    start = batch.first_seq
+    for i, event in enumerate(batch.events):
+        last = event.seq if i < len(batch.events) - 1 else batch.last_seq
+        pieces.append(replace(batch, first_seq=start, last_seq=last, events=[event],
+                              quarantined=batch.quarantined if i == 0 else []))  # fmt: skip
+        start = last + 1
+    return pieces

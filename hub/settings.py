@@ -25,6 +25,18 @@ class HubSettings(BaseSettings):
     bootstrap_api_key: str | None = None
     # Adjustments moving more units than this need a supervisor's approval.
     adjustment_approval_threshold: int = 10
+    # The front door. A request body over this is refused (413) before it is parsed; the
+    # CSV import has a larger limit of its own.
+    max_body_bytes: int = 8 * 2**20
+    # Failed logins per account, and failed logins or credentials per client address,
+    # within the window: beyond them, 429 until the window has passed (per hub process).
+    auth_window_s: float = 300.0
+    login_failures_per_account: int = 5
+    auth_failures_per_address: int = 20
+    # argon2 verifications run at once at most (each takes a core and 64 MiB for ~0.1 s).
+    argon2_concurrency: int = 2
+    # How often an open live websocket checks that its credential is still good.
+    live_recheck_s: float = 5.0
 
     @field_validator("http")
     @classmethod

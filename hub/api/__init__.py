@@ -11,6 +11,7 @@ from warelink.hub.api import (
     inbound,
     masterdata,
     outbound,
+    quarantine,
     stock_control,
 )
 
@@ -22,4 +23,5 @@ ROUTERS: list[APIRouter] = [
     stock_control.router,
     exceptions.router,
     analytics.router,
+    quarantine.router,
 ]

@@ -2,8 +2,10 @@
 
 ``Allow(Permission.X)`` is the one way a route states who may call it: it answers 401
 without valid credentials, 403 without the permission, and 403 when the route's
-``{site}`` is outside the principal's sites. ``Idempotent`` runs a write in one
+``{site}`` is outside the principal's sites; a client address whose credentials failed
+too often gets 429 instead of another argon2 check. ``Idempotent`` runs a write in one
 transaction and remembers its answer under the caller's ``Idempotency-Key``.
+``storable_text`` runs before every route (an app-wide dependency).
 """
 
 from __future__ import annotations
@@ -11,19 +13,24 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
+import structlog
 from fastapi import Depends, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from pydantic import AfterValidator, BeforeValidator
+from starlette.requests import HTTPConnection
 
 from warelink.hub.access import Permission, Principal
-from warelink.hub.auth import AuthError
+from warelink.hub.auth import AuthError, MustWait, WrongCredential
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from warelink.hub.app import Hub
@@ -52,6 +59,38 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def too_many(seconds: int) -> HTTPException:
+    return HTTPException(
+        429, f"too many failed attempts: try again in {seconds} s",
+        headers={"Retry-After": str(seconds)},
+    )  # fmt: skip
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """The peer's address, what failures are counted by (uvicorn takes it from
+    X-Forwarded-For only from a proxy it trusts: ``--forwarded-allow-ips``)."""
+    return connection.client.host if connection.client else "unknown"
+
+
+async def authenticate(hub: Hub, presented: str, address: str) -> Principal:
+    """The principal of a credential, else 401; 429 (before argon2) for an address that
+    failed too often, unless the credential is one that matched before."""
+
+    def allowed() -> bool:
+        return not hub.address_failures.retry_after(address)
+
+    try:
+        return await hub.authenticator.authenticate(presented, pool=hub.pool, allowed=allowed)
+    except MustWait:
+        raise too_many(hub.address_failures.retry_after(address) or 1) from None
+    except WrongCredential as exc:
+        if hub.address_failures.fail(address):
+            log.warning("auth.address_throttled", address=address, reason="credentials")
+        raise _unauthorized(str(exc)) from None
+    except AuthError as exc:
+        raise _unauthorized(str(exc)) from None
+
+
 async def current_principal(
     request: Request,
     token: Annotated[str | None, Depends(bearer)],
@@ -60,12 +99,7 @@ async def current_principal(
     presented = token or key
     if not presented:
         raise _unauthorized("credentials required: Authorization: Bearer … or X-API-Key")
-    hub = get_hub(request)
-    try:
-        async with hub.pool.connection() as conn:
-            return await hub.authenticator.authenticate(presented, conn=conn)
-    except AuthError as exc:
-        raise _unauthorized(str(exc)) from None
+    return await authenticate(get_hub(request), presented, client_address(request))
 
 
 Authenticated = Annotated[Principal, Depends(current_principal)]
@@ -91,6 +125,69 @@ def allowed(permission: Permission) -> Callable[..., Awaitable[Principal]]:
 def Allow(permission: Permission) -> Any:
     """``who: Annotated[Principal, Allow(Permission.RECEIVE)]``: the principal, checked."""
     return Depends(allowed(permission))
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _lone_surrogate(text: str) -> str | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return text[exc.start]
+    return None
+
+
+def _unstorable(value: Any, loc: list[Any]) -> tuple[list[Any], str] | None:
+    """Where in a JSON value a string holds a lone surrogate, and which."""
+    if isinstance(value, str):
+        found = _lone_surrogate(value)
+        return None if found is None else (loc, found)
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for name, item in items:
+        key = name.encode("utf-8", "backslashreplace").decode() if isinstance(name, str) else name
+        if isinstance(name, str) and (found := _lone_surrogate(name)) is not None:
+            return [*loc, key], found
+        if (inner := _unstorable(item, [*loc, key])) is not None:
+            return inner
+    return None
+
+
+async def storable_text(connection: HTTPConnection) -> None:
+    """Refuse text that cannot be stored, before any route runs: 422 saying where.
+
+    JSON may spell a lone UTF-16 surrogate (``"\\udcff"``); Python decodes it into a str
+    that no UTF-8 encoder (psycopg, orjson) takes, so each write route would fail its own
+    way (500). Only JSON escapes can make one (form and query decoding replace bad
+    bytes), so only JSON bodies that spell one are looked into.
+    """
+    if not isinstance(connection, Request):
+        return
+    if not _is_json(connection.headers.get("content-type", "")):
+        return
+    if not _SURROGATE_ESCAPE.search(await connection.body()):
+        return
+    try:
+        data = await connection.json()
+    except ValueError:
+        return  # not JSON: the route's own validation says so
+    found = _unstorable(data, ["body"])
+    if found is not None:
+        loc, char = found
+        message = f"a lone surrogate (U+{ord(char):04X}) is not text: send valid Unicode"
+        raise RequestValidationError([{"type": "string_unicode", "loc": loc, "msg": message}])
 
 
 IdempotencyKey = Annotated[

@@ -10,7 +10,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from fastapi.security import OAuth2PasswordRequestForm
 from psycopg import AsyncConnection
@@ -26,6 +26,8 @@ from warelink.hub.api.deps import (
     IdempotencyKey,
     Idempotent,
     IsoDatetime,
+    client_address,
+    too_many,
 )
 from warelink.hub.api.problems import errors
 
@@ -157,16 +159,42 @@ def _json(data: Any, status: int = 200) -> Response:
 
 @router.post("/auth/token", response_model=Token, responses=errors(401, 422))
 async def token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], hub: HubDep, conn: Conn
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, hub: HubDep
 ) -> Response:
-    """OAuth2 password flow: a user's name and password for a bearer token (8 hours)."""
-    async with conn.transaction():
-        try:
-            bearer, expires = await auth.login(
-                form.username, form.password, authenticator=hub.authenticator, conn=conn
-            )
-        except auth.AuthError as exc:
-            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    """OAuth2 password flow: a user's name and password for a bearer token (8 hours).
+
+    Failures are audited and counted per account and per client address: past the
+    limits, 429 with Retry-After until the window has passed, without checking.
+    """
+    address, account = client_address(request), form.username[:100]
+
+    def wait() -> int:
+        return max(
+            hub.account_failures.retry_after(account), hub.address_failures.retry_after(address)
+        )
+
+    if seconds := wait():
+        raise too_many(seconds)
+    try:
+        await auth.check_password(
+            form.username, form.password, authenticator=hub.authenticator, pool=hub.pool,
+            allowed=lambda: not wait(),
+        )  # fmt: skip
+    except auth.MustWait:
+        raise too_many(wait() or 1) from None
+    except auth.AuthError as exc:
+        locked = hub.account_failures.fail(account)
+        locked = hub.address_failures.fail(address) or locked
+        actor = "".join(c for c in account if c.isprintable())
+        detail = {"address": address, "reason": str(exc), "locked": locked}
+        async with hub.pool.connection() as conn, conn.transaction():
+            await audit.record(actor, "auth.login.failed", detail=detail, conn=conn)
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    hub.account_failures.clear(account)
+    async with hub.pool.connection() as conn, conn.transaction():
+        bearer, expires = await auth.issue_token(
+            form.username, authenticator=hub.authenticator, conn=conn
+        )
         credential = (auth.split(bearer) or ("", "", ""))[1]
         await audit.record(form.username, "auth.login", subject=credential, conn=conn)
     seconds = int((expires - dt.datetime.now(dt.UTC)).total_seconds())
@@ -279,11 +307,10 @@ async def update_identity(
     identity: IdentityPath,
     body: IdentityChange,
     who: Admin,
-    hub: HubDep,
     conn: Conn,
     key: IdempotencyKey = None,
 ) -> Response:
-    """Change roles, sites, display name or active; effective at once on this hub."""
+    """Change roles, sites, display name or active; effective at once, on every hub."""
     changes = body.model_dump(mode="json", exclude_unset=True)
     for field in ("display_name", "roles", "active"):
         if field in changes and changes[field] is None:
@@ -291,9 +318,7 @@ async def update_identity(
     async with Idempotent(conn, who, key, {"identity": identity, **changes}) as write:
         if write.stored:
             return write.stored
-        row = await identities.update(
-            identity, changes, authenticator=hub.authenticator, who=who, conn=conn
-        )
+        row = await identities.update(identity, changes, who=who, conn=conn)
         return await write.answer(200, row)
 
 
@@ -371,17 +396,14 @@ async def revoke_key(
     identity: IdentityPath,
     key_id: KeyPath,
     who: Admin,
-    hub: HubDep,
     conn: Conn,
     key: IdempotencyKey = None,
 ) -> Response:
-    """Revoke an API key: refused at once by this hub, by others within 30 seconds."""
+    """Revoke an API key: refused at once, by every hub process."""
     async with Idempotent(conn, who, key, {"revoke": f"{identity}/{key_id}"}) as write:
         if write.stored:
             return write.stored
-        row = await identities.revoke_key(
-            identity, key_id, authenticator=hub.authenticator, who=who, conn=conn
-        )
+        row = await identities.revoke_key(identity, key_id, who=who, conn=conn)
         return await write.answer(200, row)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import httpx
 import msgspec
 import psycopg
 
@@ -139,25 +138,35 @@ async def test_hub_killed_for_20s_loses_and_doubles_nothing(
         assert zero_sum == (0,)
 
 
-async def test_malformed_events_payload_is_counted_dropped_and_ingest_goes_on(
+async def test_malformed_events_payload_is_quarantined_and_ingest_goes_on(
     hub: HubProcess, mqtt_prefix: str, tmp_path: Path
 ) -> None:
+    """Garbage under a gateway's topic is kept with its reason (issue 9); garbage under a
+    topic that names no gateway is counted and dropped."""
     garbage = [b"", b"\xc1\xff\x00garbage", b"\x92\x01\x81\xa1k\xa5batch", b"\x92\x07\xc0"]
     async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as client:
         for payload in garbage:
             await client.publish(f"{mqtt_prefix}/v1/site-x/gw-x/events", payload, qos=1)
-    async with asyncio.timeout(10), httpx.AsyncClient(base_url=hub.url) as http:
+        await client.publish(f"{mqtt_prefix}/v1/site x/gw-x/events", b"garbage", qos=1)
+    async with asyncio.timeout(10), hub.client() as http:
         while True:
             metrics = (await http.get("/metrics")).text
-            line = next(
-                text
+            counts = {
+                text.split()[0]: float(text.split()[-1])
                 for text in metrics.splitlines()
-                if text.startswith("warelink_hub_malformed_dropped_total")
-            )
-            if float(line.split()[-1]) >= len(garbage):
+                if text.startswith(("warelink_hub_malformed_dropped_total",
+                                    "warelink_hub_quarantined_messages_total"))
+            }  # fmt: skip
+            if counts["warelink_hub_quarantined_messages_total"] >= len(garbage):
                 break
             await asyncio.sleep(0.1)
-    assert float(line.split()[-1]) == len(garbage)
+    assert counts == {
+        "warelink_hub_quarantined_messages_total": len(garbage),
+        "warelink_hub_malformed_dropped_total": 1,
+    }
+    kept = await hub.get("/api/v1/quarantine?gateway=gw-x")
+    payloads = [(await hub.get(f"/api/v1/quarantine/{e['id']}"))["payload_hex"] for e in kept]
+    assert sorted(bytes.fromhex(p) for p in payloads) == sorted(garbage)
 
     gateway = Gateway(
         site_config(tmp_path, site="site-x", gateway="gw-x"), edge_settings(mqtt_prefix)

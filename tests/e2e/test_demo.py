@@ -55,6 +55,9 @@ async def test_the_demo_runs_two_sites_with_live_data_and_no_error(
     assert demo.returncode == 0, log[-3000:]
     assert sorted(g["id"] for g in gateways) == ["gw-north", "gw-south"]
     assert all(g["online"] and g["events_received"] > 50 for g in gateways), gateways
+    # Every device kind's events are within the wire's bounds: nothing quarantined.
+    assert all(g["quarantined"] == 0 and g["quarantine_overflow"] == 0 for g in gateways)
+    assert "_quarantined" not in log and "uplink.bad_message" not in log
     assert stock["lines"], "no stock at the north site"
     assert f"/#key={key}" in log
     # The demo imports its catalog and floor plan: scanned GTINs are known SKUs.
