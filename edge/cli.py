@@ -39,17 +39,72 @@ def run_until_signal(main: Coroutine[Any, Any, None]) -> int:
 
 def _edge_run(args: argparse.Namespace) -> int:
     from warelink.edge.gateway import Gateway
+    from warelink.edge.outbox import OutboxError
     from warelink.edge.settings import EdgeSettings
 
     config = load_site_config(args.config)
-    return run_until_signal(Gateway(config, EdgeSettings()).run())
+    try:
+        return run_until_signal(Gateway(config, EdgeSettings()).run())
+    except OutboxError as exc:  # refused at open: a lost or corrupt outbox, a full disk
+        print(f"warelink: outbox refused: {exc.advice(args.config)}", file=sys.stderr)
+        return 2
 
 
 def _edge_status(args: argparse.Namespace) -> int:
+    """The outbox's figures; exit 2 with the reason ("why") when it would be refused."""
+    import sqlite3
+
+    from warelink.edge.gateway import OUTBOX_FILE
+    from warelink.edge.outbox import (
+        OutboxCorrupt,
+        OutboxError,
+        OutboxLost,
+        disk_free_bytes,
+        inspect,
+    )
     from warelink.edge.status import format_status, gateway_status
 
-    report = gateway_status(load_site_config(args.config))
+    config = load_site_config(args.config)
+    gw = config.gateway
+    path = gw.data_dir / OUTBOX_FILE
+    code = 0
+    try:
+        found = inspect(path)
+        report = gateway_status(config)
+        if found.outbox_id is not None:
+            report["outbox_id"] = found.outbox_id
+    except (OutboxError, sqlite3.Error) as exc:
+        kinds: dict[type[Exception], str] = {OutboxLost: "lost", OutboxCorrupt: "corrupt"}
+        state = kinds.get(type(exc), "unreadable")
+        why = exc.advice(args.config) if isinstance(exc, OutboxError) else str(exc)
+        report = {"gateway": gw.id, "site": gw.site, "outbox": str(path), "state": state,
+                  "why": why}  # fmt: skip
+        code = 2
+    if gw.data_dir.exists():
+        report["disk_free_mb"] = round(disk_free_bytes(gw.data_dir) / (1 << 20), 1)
     print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return code
+
+
+def _edge_reset_outbox(args: argparse.Namespace) -> int:
+    """Accept the loss of a refused outbox: set it aside, start a new one (a new identity)."""
+    from warelink.edge.gateway import OUTBOX_FILE
+    from warelink.edge.outbox import OutboxCorrupt, OutboxLost, inspect, reset_outbox
+
+    config = load_site_config(args.config)
+    path = config.gateway.data_dir / OUTBOX_FILE
+    try:
+        found = inspect(path)
+    except (OutboxLost, OutboxCorrupt) as exc:
+        print(f"warelink: accepting the loss: {exc.problem}", file=sys.stderr)
+    else:
+        what = "no outbox yet" if found.last_seq is None else f"last_seq {found.last_seq}"
+        print(f"warelink: {path} is sound ({what}): nothing to reset", file=sys.stderr)
+        return 1
+    reset = reset_outbox(path, config.gateway.id)
+    for aside in reset.set_aside:
+        print(f"set aside: {aside}")
+    print(f"new outbox {reset.outbox_id}: its seqs start after {reset.origin}")
     return 0
 
 
@@ -108,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", required=True, type=Path, help="site config (TOML)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_edge_status)
+    reset = edge.add_parser(
+        "reset-outbox",
+        help="accept the loss of a lost or corrupt outbox: set it aside, start a new one",
+    )
+    reset.add_argument("--config", required=True, type=Path, help="site config (TOML)")
+    reset.set_defaults(func=_edge_reset_outbox)
 
     sim = parts.add_parser("sim", help="simulated floor devices").add_subparsers(
         dest="action", required=True

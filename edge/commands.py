@@ -19,6 +19,7 @@ import structlog
 
 from warelink.edge.drivers.base import CommandFailed, CommandRejected, Driver
 from warelink.edge.outbox import Outbox
+from warelink.protocol import limits
 from warelink.protocol.messages import Command, CommandOutcome, CommandReport, TrafficClass
 
 log = structlog.get_logger(__name__)
@@ -99,6 +100,8 @@ class CommandRouter:
         detail: str,
         device: str = DEVICE_FOR_REPORTS,
     ) -> None:
+        # A device's error text is free: bound it as the hub will (no NUL, TEXT_MAX).
+        detail = detail.replace("\x00", "\\0")[: limits.TEXT_MAX]
         report = CommandReport(key=key, action=action, outcome=outcome, detail=detail)
         await self.outbox.add(device, TrafficClass.LEDGER, report)
         await asyncio.to_thread(self.outbox.command_reported, key)

@@ -161,7 +161,10 @@ class Gateway:
                 tasks.create_task(driver.run(), name=f"driver-{device_id}")
 
     async def _housekeeping(self) -> None:
-        """Retention, budgets and the disk alarm: logged when the state changes."""
+        """Retention, budgets, the disk alarm and the state file: logged when the state changes.
+
+        Every step survives a full disk (the outbox keeps what it cannot write in memory).
+        """
         pressure = Pressure.OK
         while True:
             now = await asyncio.to_thread(self.outbox.housekeeping)
@@ -169,14 +172,15 @@ class Gateway:
             counters = await asyncio.to_thread(self.counters)
             await asyncio.to_thread(self.outbox.save_counters, counters)
             if now is not pressure:
-                status = await asyncio.to_thread(self.outbox.status)
                 level = self.log.warning if now is not Pressure.OK else self.log.info
                 level(
                     "outbox.pressure",
                     pressure=now.value,
-                    used_bytes=status.used_bytes,
+                    used_bytes=counters["outbox_used_bytes"],
                     budget_bytes=self.outbox.policy.disk_budget_bytes,
-                    depth=status.depth,
+                    disk_free_mb=counters["disk_free_mb"],
+                    depth=counters["outbox_depth"],
+                    ledger_waiting=counters["ledger_waiting"],
                 )
                 pressure = now
             await asyncio.sleep(HOUSEKEEPING_S)
@@ -198,7 +202,11 @@ class Gateway:
             "dropped_telemetry": status.dropped_telemetry,
             "outbox_used_bytes": status.used_bytes,
             "outbox_budget_bytes": self.outbox.policy.disk_budget_bytes,
+            # 0 ok, 1 alarm (80 % of the budget), 2 full (the budget), 3 disk_full (the disk)
             "outbox_pressure": list(Pressure).index(self.outbox.pressure),
+            "disk_full": int(self.outbox.disk_full),
+            "disk_free_mb": round(self.outbox.disk_free_bytes() / (1 << 20), 1),
+            "ledger_waiting": self.outbox.waiting,  # held for lack of disk space
             "connected": int(uplink.connected),
             "hub_online": int(uplink.hub_online),
             "batches_sent": uplink.batches_sent,
@@ -207,6 +215,7 @@ class Gateway:
             "acks_received": uplink.acks_received,
             "ack_timeouts": uplink.ack_timeouts,
             "replays_answered": uplink.replays_answered,
+            "bad_messages": uplink.bad_messages,
             "commands_received": router.received,
             "commands_duplicate": router.duplicates,
             "commands_expired": router.expired,

@@ -14,14 +14,15 @@ import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from warelink.edge.outbox import Draft, Outbox
+from warelink.edge.outbox import Draft, Outbox, StoreTimeout, Unencodable
+from warelink.protocol import limits
 from warelink.protocol.messages import (
     Count,
     EventBody,
@@ -35,63 +36,78 @@ from warelink.protocol.messages import (
 
 log = structlog.get_logger(__name__)
 
-MAX_KEY = 128
+MAX_KEY = limits.KEY_MAX
+# A request that cannot be stored this fast (a full disk) is answered 503, not held.
+STORE_TIMEOUT_S = 3.0
+RETRY_AFTER_S = 5
+
+# The bounds of protocol/limits.py, as the wire decoders enforce them at the hub: a
+# request the hub would refuse is refused here, before it is stored.
+DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=limits.ID_MAX,
+                                            pattern=limits.ID_PATTERN)]  # fmt: skip
+Code = Annotated[str, StringConstraints(min_length=1, max_length=limits.CODE_MAX,
+                                        pattern=limits.CODE_PATTERN)]  # fmt: skip
+Gtin = Annotated[str, StringConstraints(pattern=limits.GTIN_PATTERN)]
+Sscc = Annotated[str, StringConstraints(pattern=limits.SSCC_PATTERN)]
+Quantity = Annotated[int, Field(ge=1, le=limits.QUANTITY_MAX)]
+Counted = Annotated[int, Field(ge=0, le=limits.QUANTITY_MAX)]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    device: str = Field("handheld", min_length=1, max_length=64, description="Which handheld.")
+    device: DeviceId = Field("handheld", description="Which handheld.")
 
 
 class ReceiveRequest(_Request):
-    location: str = Field(min_length=1)
-    gtin: str = Field(pattern=r"^\d{14}$")
-    quantity: int = Field(gt=0)
-    lot: str | None = None
+    location: Code
+    gtin: Gtin
+    quantity: Quantity
+    lot: Code | None = None
     expiry: dt.date | None = None
-    sscc: str | None = Field(None, pattern=r"^\d{18}$")
-    serial: str | None = None
+    sscc: Sscc | None = None
+    serial: Code | None = None
 
 
 class MoveRequest(_Request):
     """Putaway (dock → shelf) and pick (shelf → staging) are movements."""
 
-    from_location: str = Field(min_length=1)
-    to_location: str = Field(min_length=1)
-    gtin: str = Field(pattern=r"^\d{14}$")
-    quantity: int = Field(gt=0)
-    lot: str | None = None
-    lpn: str | None = None
+    from_location: Code
+    to_location: Code
+    gtin: Gtin
+    quantity: Quantity
+    lot: Code | None = None
+    lpn: Code | None = None
 
 
 class PickRequest(MoveRequest):
     """A pick (shelf → staging), against the hub's pick task when the clerk has one."""
 
-    task: int | None = Field(None, ge=1, description="the hub's pick task id")
+    task: int | None = Field(None, ge=1, le=limits.REFERENCE_MAX,
+                             description="the hub's pick task id")  # fmt: skip
 
 
 class VerifyRequest(_Request):
-    gtin: str = Field(pattern=r"^\d{14}$")
-    quantity: int = Field(gt=0)
-    lot: str | None = None
-    order: str | None = None
-    scale: str | None = Field(None, description="A scale of this gateway to weigh with.")
+    gtin: Gtin
+    quantity: Quantity
+    lot: Code | None = None
+    order: Code | None = None
+    scale: DeviceId | None = Field(None, description="A scale of this gateway to weigh with.")
 
 
 class ShipRequest(_Request):
-    location: str = Field(min_length=1)
-    gtin: str = Field(pattern=r"^\d{14}$")
-    quantity: int = Field(gt=0)
-    lot: str | None = None
-    sscc: str | None = Field(None, pattern=r"^\d{18}$")
+    location: Code
+    gtin: Gtin
+    quantity: Quantity
+    lot: Code | None = None
+    sscc: Sscc | None = None
 
 
 class CountRequest(_Request):
-    location: str = Field(min_length=1)
-    gtin: str = Field(pattern=r"^\d{14}$")
-    counted: int = Field(ge=0)
-    lot: str | None = None
+    location: Code
+    gtin: Gtin
+    counted: Counted
+    lot: Code | None = None
 
 
 class LatestWeights:
@@ -112,7 +128,15 @@ class LatestWeights:
 
 
 class HandheldApi:
-    def __init__(self, outbox: Outbox, weights: LatestWeights, gateway: str) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        weights: LatestWeights,
+        gateway: str,
+        *,
+        store_timeout_s: float = STORE_TIMEOUT_S,
+    ) -> None:
+        self.store_timeout_s = store_timeout_s
         self.outbox = outbox
         self.weights = weights
         self.gateway = gateway
@@ -191,9 +215,16 @@ class HandheldApi:
                 body = make(parsed)
                 draft = Draft(parsed.device, TrafficClass.LEDGER, body, dt.datetime.now(dt.UTC),
                               request=(key, fingerprint))  # fmt: skip
-                seq = await self.outbox.append([draft])
+                seq = await self.outbox.append([draft], timeout=self.store_timeout_s)
             except _Refused as refused:
                 return _problem(refused.status, refused.detail)
+            except StoreTimeout as exc:  # not stored at all: the same key may come again
+                log.warning("handheld.not_stored", operation=operation, key=key, reason=str(exc))
+                refusal = _problem(503, f"{exc}; retry later with the same Idempotency-Key")
+                refusal.headers["Retry-After"] = str(RETRY_AFTER_S)
+                return refusal
+            except Unencodable as exc:
+                return _problem(422, str(exc))
             finally:
                 self._in_flight.discard(key)
             log.info("handheld.stored", operation=operation, key=key, seq=seq,

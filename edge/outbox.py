@@ -3,7 +3,8 @@
 One writer thread owns the write connection and commits appends in groups (group
 commit): callers wait until their event is committed, and everything committed keeps
 its sequence number across any crash. Readers (the uplink, ``edge status``) use their
-own connections; WAL lets them read while the writer writes.
+own connections; WAL lets them read while the writer writes. An event that cannot be
+encoded fails its own caller only, and never takes a sequence number.
 
 With ``synchronous=NORMAL`` (the default) a commit survives the process being killed
 (SIGKILL) but the last commits before a power loss may be lost; ``FULL`` closes that
@@ -14,25 +15,50 @@ telemetry is bounded by ``telemetry_budget`` rows: the oldest beyond it are drop
 counted (their seqs become holes the uplink reports as dropped). Ledger events are
 never dropped: when the file reaches its disk budget, ledger appends wait for acks to
 make room, and telemetry appends are dropped and counted.
+
+**The file itself can be lost.** A state file beside it (``<outbox>.state.json``,
+written atomically) names the outbox (an id made with it) and what it held at its last
+checkpoint, as far as it was on disk. At open, a file that is missing, empty, not a
+SQLite database, failing ``PRAGMA quick_check``, another outbox, or rolled back past
+unacked events is refused (``OutboxLost``, ``OutboxCorrupt``) instead of silently
+becoming a new, empty outbox; ``reset_outbox`` is the explicit way to accept the loss.
+
+**The disk can fill up.** SQLite's "database or disk is full" from any write is a state
+(``Pressure.DISK_FULL``), not a crash: the file given back by a reserve kept beside the
+outbox (``policy.reserve_bytes``) lets SQLite finish its bookkeeping; telemetry is
+refused and counted; ledger events wait in the writer, which retries until they are
+stored (or until the caller's deadline, when it gave one: then they are not stored at
+all); acks, sessions and counters are kept in memory until they can be written. It ends
+when the disk has room again for the reserve and some more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import enum
+import errno
+import os
 import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import msgspec
+import structlog
+
 from warelink.protocol import wire
 from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import Event, EventBody, TrafficClass
+
+log = structlog.get_logger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -62,12 +88,102 @@ CREATE TABLE IF NOT EXISTS commands (
     state TEXT NOT NULL,  -- 'running' until its report is stored, then 'reported'
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS identity (  -- which outbox this is; the state file names it too
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    outbox_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
+TABLES = frozenset({"outbox", "meta", "counters", "requests", "commands", "identity"})
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 ALARM_SHARE = 0.8  # of the disk budget: raise the alarm here, long before the end
 TRIM_CHUNK = 10_000
 
 MAX_GROUP = 1000  # events per commit at most
+
+STATE_FORMAT = 1
+# A full disk is over when, with the reserve back in place, this much is free again.
+MIN_FREE_BYTES = 1 << 20
+RETRY_FIRST_S = 0.05  # the writer's retries on a full disk: capped exponential backoff
+RETRY_MAX_S = 1.0
+
+
+# ---------------------------------------------------------------------- errors
+
+
+class OutboxError(Exception):
+    """The outbox cannot do what was asked; the message says why and what to do."""
+
+    remedy = ""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+    def advice(self, config: str | Path | None = None) -> str:
+        """One line for the operator: what is wrong, then what to do about it."""
+        remedy = self.remedy.format(config=config or "<site config>")
+        return f"{self.problem}. {remedy}" if remedy else self.problem
+
+    def __str__(self) -> str:
+        return self.advice()
+
+
+_ACCEPT_LOSS = (
+    "Restore the file (with its -wal file, if there is one), or accept the loss and start"
+    " a new outbox: warelink edge reset-outbox --config {config}"
+)
+
+
+class OutboxLost(OutboxError):
+    """Events the state file says were stored are not in the outbox file any more."""
+
+    remedy = _ACCEPT_LOSS
+
+
+class OutboxCorrupt(OutboxError):
+    """The outbox file is not a sound SQLite database."""
+
+    remedy = _ACCEPT_LOSS
+
+
+class OutboxDiskFull(OutboxError):
+    """The outbox cannot even be opened: the disk is full, and no reserve is left."""
+
+    remedy = "Free some space on that disk, then start again"
+
+
+class NotStored(OutboxError):
+    """An append that was refused: nothing of it was stored."""
+
+
+class StoreTimeout(NotStored):
+    """Not stored within the caller's time (the disk full, the budget used up)."""
+
+
+class Unencodable(NotStored, ValueError):
+    """An event that cannot be encoded (e.g. a string with a lone surrogate)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full", or its shared memory file unable to grow."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or not isinstance(code, int):
+        return False
+    return code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _no_space(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# ---------------------------------------------------------------------- values
 
 
 @dataclass(frozen=True)
@@ -92,12 +208,16 @@ class OutboxPolicy:
     # Where a new outbox's sequence starts. None: the current time in microseconds, so a
     # gateway whose outbox was replaced continues past every seq the hub has seen.
     seq_origin: int | None = None
+    # A file of this size kept beside the outbox and deleted when the disk fills up, so
+    # SQLite can still open, checkpoint and record acks (0: none).
+    reserve_bytes: int = 8 << 20
 
 
 class Pressure(enum.StrEnum):
     OK = "ok"
     ALARM = "alarm"  # past ALARM_SHARE of the disk budget
     FULL = "full"  # at the budget: ledger appends wait, telemetry is dropped
+    DISK_FULL = "disk_full"  # the disk itself: ledger appends wait, telemetry is dropped
 
 
 @dataclass(frozen=True)
@@ -114,13 +234,271 @@ class OutboxStatus:
     used_bytes: int
 
 
+class OutboxState(msgspec.Struct, frozen=True, kw_only=True):
+    """The state file: what the outbox held at its last checkpoint, kept outside it."""
+
+    format: int = STATE_FORMAT
+    outbox_id: str
+    gateway: str
+    origin: int
+    last_seq: int  # as far as it was on disk when saved (never ahead of the file)
+    acked_seq: int
+    saved_at: float
+
+
+@dataclass(frozen=True)
+class Found:
+    """What ``inspect`` found: the state file's view and the outbox file's own."""
+
+    state: OutboxState | None
+    outbox_id: str | None = None  # None: no file yet, or one made before identities
+    last_seq: int | None = None  # None: no outbox in the file yet
+    acked_seq: int | None = None
+
+
+# ------------------------------------------------------------------ state file
+
+
+def state_path(path: Path) -> Path:
+    return path.with_name(path.name + ".state.json")
+
+
+def reserve_path(path: Path) -> Path:
+    return path.with_name(path.name + ".reserve")
+
+
+class _Unreadable(ValueError):
+    pass
+
+
+def read_state(path: Path) -> OutboxState | None:
+    """The state file of the outbox at ``path``; None if there is none."""
+    try:
+        data = state_path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        state = msgspec.json.decode(data, type=OutboxState)
+    except msgspec.DecodeError as exc:
+        raise _Unreadable(f"state file {state_path(path)} is unreadable: {exc}") from None
+    if state.format != STATE_FORMAT:
+        raise _Unreadable(f"state file {state_path(path)} has format {state.format}")
+    return state
+
+
+def write_state(path: Path, state: OutboxState) -> None:
+    """Replace the state file atomically: a temporary file, fsync, rename, fsync the dir."""
+    target = state_path(path)
+    temporary = target.with_name(target.name + ".tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, msgspec.json.format(msgspec.json.encode(state)) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, target)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def _held(state: OutboxState) -> str:
+    unacked = state.last_seq - state.acked_seq
+    return (
+        f"the outbox {state.outbox_id} held seqs up to {state.last_seq}, {unacked} unacked"
+        f" (as of {_when(state.saved_at)})"
+    )
+
+
+# -------------------------------------------------------------------- checking
+
+
+def inspect(path: Path, *, readonly: bool = True) -> Found:
+    """Check the outbox file against its state file, changing neither (blocking).
+
+    Raises ``OutboxLost`` or ``OutboxCorrupt`` where the file cannot be the outbox the
+    state file describes, ``OutboxDiskFull`` where SQLite cannot even read it for lack
+    of space; otherwise returns what was found (``Found(None)``: nothing, a new outbox).
+    """
+    unreadable = None
+    try:
+        state = read_state(path)
+    except _Unreadable as exc:
+        state, unreadable = None, str(exc)
+    if state is not None:
+        held = _held(state)
+    elif unreadable is not None:
+        held = f"an outbox was here ({unreadable})"
+    else:
+        held = "it held an outbox"
+    size = path.stat().st_size if path.exists() else None
+    if size is None or size == 0:
+        if state is None and unreadable is None:
+            return Found(None)  # a new outbox (SQLite takes an empty file as empty)
+        now = "missing" if size is None else "empty (0 bytes)"
+        raise OutboxLost(f"{path}: {held}; the file is now {now}")
+    with path.open("rb") as file:
+        header = file.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise OutboxCorrupt(f"{path}: {held}; the file is now corrupt: not a SQLite database")
+    try:
+        found = _read_file(path, state, readonly=readonly)
+    except sqlite3.Error as exc:
+        if is_disk_full(exc):
+            raise OutboxDiskFull(f"{path}: the disk is full: cannot open the outbox") from exc
+        if _is_corrupt(exc):
+            raise OutboxCorrupt(f"{path}: {held}; the file is now corrupt: {exc}") from None
+        raise OutboxError(f"{path}: cannot read the outbox: {exc}") from exc
+    if found.problems:
+        lines = [line for text in found.problems for line in text.splitlines()]
+        problems = "; ".join([line for line in lines if not line.startswith("***")][:3])
+        raise OutboxCorrupt(f"{path}: {held}; the file is now corrupt: {problems}")
+    if state is None:
+        return found.found
+    if found.found.last_seq is None:
+        raise OutboxLost(f"{path}: {held}; the file now holds no outbox")
+    if found.found.outbox_id != state.outbox_id:
+        other = found.found.outbox_id or "made before outboxes had ids"
+        raise OutboxLost(
+            f"{path}: {held}; the file now holds another outbox ({other},"
+            f" seqs up to {found.found.last_seq})"
+        )
+    lost = state.last_seq - max(found.found.last_seq, state.acked_seq)
+    if lost > 0:
+        raise OutboxLost(
+            f"{path}: {held}; the file now ends at seq {found.found.last_seq}:"
+            f" {lost} unacked seqs are gone (an older copy restored?)"
+        )
+    return found.found
+
+
+@dataclass(frozen=True)
+class _FileRead:
+    found: Found
+    problems: list[str]
+
+
+def _read_file(path: Path, state: OutboxState | None, *, readonly: bool) -> _FileRead:
+    mode = "ro" if readonly else "rw"
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True)
+    try:
+        checked = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)")]
+        if checked != ["ok"]:
+            return _FileRead(Found(state), checked)
+        tables = _tables(conn)
+        if "meta" not in tables:
+            return _FileRead(Found(state), [])
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        row = None
+        if "identity" in tables:
+            row = conn.execute("SELECT outbox_id FROM identity").fetchone()
+    finally:
+        conn.close()
+    return _FileRead(
+        Found(
+            state,
+            outbox_id=None if row is None else str(row[0]),
+            last_seq=meta.get("last_seq"),
+            acked_seq=meta.get("acked_seq"),
+        ),
+        [],
+    )
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {str(row[0]) for row in rows}
+
+
+@dataclass(frozen=True)
+class Reset:
+    set_aside: list[Path]  # the refused files, renamed (kept for a post-mortem)
+    outbox_id: str  # the new outbox
+    origin: int  # its sequence starts after this
+
+
+def reset_outbox(path: Path, gateway: str) -> Reset:
+    """Accept the loss of a lost or corrupt outbox: set it aside, start a new one.
+
+    The new outbox has a new id and starts its sequence past every seq the old one
+    handed out, so the hub takes it as a new outbox. Blocking; the gateway must be
+    stopped. Whether the old one was really refused is the caller's check (``inspect``).
+    """
+    floor = 0
+    try:
+        state = read_state(path)
+    except _Unreadable:
+        state = None
+    if state is not None:
+        floor = state.last_seq
+    floor = max(floor, _last_seq_if_readable(path))
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.lost-{stamp}")
+    moved = []
+    # The database, its WAL and shared memory, and the state file move as one unit, so
+    # SQLite opens the set-aside copy with its WAL.
+    for suffix in ("", "-wal", "-shm", ".state.json"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            target = aside.with_name(aside.name + suffix)
+            os.replace(source, target)
+            moved.append(target)
+    origin = max(time.time_ns() // 1000, floor)
+    with Outbox(path, gateway, OutboxPolicy(seq_origin=origin)) as outbox:
+        outbox_id = outbox.outbox_id
+    log.warning(
+        "outbox.reset", gateway=gateway, outbox=str(path), outbox_id=outbox_id,
+        origin=origin, set_aside=[str(p) for p in moved],
+    )  # fmt: skip
+    return Reset(set_aside=moved, outbox_id=outbox_id, origin=origin)
+
+
+def _last_seq_if_readable(path: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        return int(row[0]) if row else 0
+    except (sqlite3.Error, TypeError, ValueError):
+        return 0
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------ the file
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    except sqlite3.Error as exc:
+        conn.close()
+        if is_disk_full(exc):
+            raise OutboxDiskFull(f"{path}: the disk is full: cannot open the outbox") from exc
+        raise
+    return conn
+
+
 def connect(
     path: Path, *, synchronous: str = "NORMAL", seq_origin: int | None = None
 ) -> sqlite3.Connection:
+    """A connection to an outbox file with its schema, as the outbox sets it up (bench/)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn = _connect(path, synchronous)
     conn.executescript(SCHEMA)
     origin = time.time_ns() // 1000 if seq_origin is None else seq_origin
     conn.execute(
@@ -138,9 +516,10 @@ def used_bytes(conn: sqlite3.Connection) -> int:
     return int((pages - free) * size)
 
 
-def read_status(conn: sqlite3.Connection) -> OutboxStatus:
+def read_status(conn: sqlite3.Connection, *, acked: int | None = None) -> OutboxStatus:
+    """The outbox's figures; ``acked``: a watermark known beyond the file's (not yet saved)."""
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    acked = meta["acked_seq"]
+    acked = meta["acked_seq"] if acked is None else max(acked, meta["acked_seq"])
     by_class = dict(
         conn.execute(
             "SELECT cls, count(*) FROM outbox WHERE seq > ? GROUP BY cls", (acked,)
@@ -164,24 +543,44 @@ def read_status(conn: sqlite3.Connection) -> OutboxStatus:
     )
 
 
-class _Append:
-    __slots__ = ("drafts", "future", "loop")
+def disk_free_bytes(directory: Path) -> int:
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
 
-    def __init__(self, drafts: Sequence[Draft], loop: asyncio.AbstractEventLoop) -> None:
+
+class _Append:
+    __slots__ = ("deadline", "drafts", "future", "timeout")
+
+    def __init__(self, drafts: Sequence[Draft], timeout: float | None, started: float) -> None:
         self.drafts = drafts
-        self.loop = loop
-        self.future: asyncio.Future[int] = loop.create_future()
+        self.timeout = timeout
+        # time.monotonic(): not stored by then, not stored at all
+        self.deadline = None if timeout is None else started + timeout
+        self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+
+_Outcome = tuple["asyncio.Future[int]", int | BaseException]
+_Row = tuple[int, int, float, bytes]  # seq, class, created_at, payload
+_Key = tuple[str, str, int, float]  # a request's key, fingerprint, seq, at
 
 
 class Outbox:
-    """Durable, sequenced store of one gateway's events. Use as a context manager."""
+    """Durable, sequenced store of one gateway's events. Use as a context manager.
+
+    Opening refuses an outbox file its state file does not vouch for (``OutboxLost``,
+    ``OutboxCorrupt``); a brand-new directory starts a new outbox, and an outbox made
+    before state files existed is adopted.
+    """
 
     def __init__(self, path: Path, gateway: str, policy: OutboxPolicy | None = None) -> None:
         self.path = path
         self.gateway = gateway
         self.policy = policy or OutboxPolicy()
+        self.log = log.bind(gateway=gateway)
         self._synchronous = self.policy.synchronous
-        self.pressure = Pressure.OK
+        self._budget = Pressure.OK  # of the disk budget, from housekeeping
+        self._disk_full = False  # the disk itself: set by any write that hit it
+        self._disk_full_since = 0.0
         self._room = asyncio.Event()  # clear while the disk budget is used up
         self._room.set()
         self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
@@ -189,16 +588,43 @@ class Outbox:
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()  # the reader is used from worker threads
         self._last_seq = 0
+        self._outbox_id = ""
+        self._origin = 0
+        # Known here before they are in the file (a full disk): written when they can be.
+        self._acked = 0
+        self._ack_unsaved = False
+        self._session = 0
+        self._session_unsaved = False
+        self._reported_unsaved: set[str] = set()
+        self._drops_unsaved = 0
+        self._drops_lock = threading.Lock()
+        self._waiting = 0  # ledger events the writer holds for lack of space
+        self._saved: tuple[int, int] | None = None  # (last_seq, acked_seq) in the state file
         self.appended = asyncio.Event()  # set whenever new events are committed
 
     # ------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> Outbox:
-        writer = connect(
-            self.path, synchronous=self._synchronous, seq_origin=self.policy.seq_origin
-        )
-        self._last_seq = writer.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0]
-        self._reader = connect(self.path, synchronous=self._synchronous)
+        try:
+            self._open()
+        except OutboxDiskFull:
+            if not self._release_reserve():
+                raise
+            self.log.warning("outbox.disk_full", during="opening", reserve_released=True)
+            self._disk_full, self._disk_full_since = True, time.monotonic()
+            self._open()
+        return self
+
+    def _open(self) -> None:
+        found = inspect(self.path, readonly=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = _connect(self.path, self._synchronous)
+        try:
+            self._prepare(writer, found)
+            self._reader = _connect(self.path, self._synchronous)
+        except BaseException:
+            writer.close()
+            raise
         self._thread = threading.Thread(
             target=self._write_loop,
             args=(writer,),
@@ -206,37 +632,108 @@ class Outbox:
             daemon=True,
         )
         self._thread.start()
-        return self
+        if not self._disk_full:
+            self._ensure_reserve()
+        self._save_state()
+
+    def _prepare(self, conn: sqlite3.Connection, found: Found) -> None:
+        """Create or adopt the outbox; move it past what its state file says it handed out."""
+        origin = (
+            time.time_ns() // 1000 if self.policy.seq_origin is None else self.policy.seq_origin
+        )
+        tables = _tables(conn)
+        try:
+            if TABLES - tables or not conn.execute("SELECT 1 FROM identity").fetchone():
+                conn.executescript(SCHEMA)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value)"
+                    " VALUES ('last_seq', ?), ('acked_seq', ?), ('origin', ?)",
+                    (origin, origin, origin),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO identity (one, outbox_id, created_at) VALUES (1, ?, ?)",
+                    (uuid.uuid4().hex, time.time()),
+                )
+                conn.execute("COMMIT")
+                if found.last_seq is not None:
+                    self.log.info("outbox.adopted", outbox=str(self.path))
+            state = found.state
+            if state is not None and (
+                (found.last_seq or 0) < state.last_seq or (found.acked_seq or 0) < state.acked_seq
+            ):
+                # Behind its state file, but nothing unacked lost (inspect said so): never
+                # hand out a seq twice, never move the ack watermark back.
+                conn.execute("BEGIN IMMEDIATE")
+                for key, value in (("last_seq", state.last_seq), ("acked_seq", state.acked_seq)):
+                    conn.execute(
+                        "UPDATE meta SET value = max(value, ?) WHERE key = ?", (value, key)
+                    )
+                conn.execute("COMMIT")
+                self.log.warning(
+                    "outbox.moved_forward", outbox=str(self.path), file_last_seq=found.last_seq,
+                    last_seq=state.last_seq,
+                )  # fmt: skip
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            if is_disk_full(exc):
+                raise OutboxDiskFull(
+                    f"{self.path}: the disk is full: cannot prepare the outbox"
+                ) from exc
+            raise
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self._last_seq = int(meta["last_seq"])
+        self._acked = int(meta["acked_seq"])
+        self._session = int(meta["session"])
+        self._origin = int(meta.get("origin", 0))
+        (self._outbox_id,) = conn.execute("SELECT outbox_id FROM identity").fetchone()
 
     def __exit__(self, *exc: object) -> None:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join()
         if self._reader is not None:
-            self._reader.close()
+            try:
+                with self._reader_lock:
+                    try:
+                        self._flush_unsaved()
+                    except sqlite3.Error as exc:
+                        self._survive("closing", exc)
+                self._save_state()
+            finally:
+                self._reader.close()
 
     async def __aenter__(self) -> Outbox:
-        return self.__enter__()
+        return await asyncio.to_thread(self.__enter__)  # quick_check, the reserve: blocking
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.__exit__)
 
     # -------------------------------------------------------------------- writing
 
-    async def append(self, drafts: Sequence[Draft]) -> int:
+    async def append(self, drafts: Sequence[Draft], *, timeout: float | None = None) -> int:
         """Store events durably; returns the sequence number of the last one.
 
-        At the disk budget, telemetry is dropped (counted) and ledger events wait for room.
+        At the disk budget or on a full disk, telemetry is dropped (counted) and ledger
+        events wait for room. With ``timeout``, events not stored within it are not
+        stored at all: ``StoreTimeout``. An event that cannot be encoded fails this call
+        only: ``Unencodable``.
         """
-        if self.pressure is Pressure.FULL:
+        if self._budget is Pressure.FULL or self._disk_full:
             kept = [d for d in drafts if d.cls is not TrafficClass.TELEMETRY]
             if len(kept) < len(drafts):
-                await asyncio.to_thread(self._count_admission_drops, len(drafts) - len(kept))
+                self._count_drops(len(drafts) - len(kept))
             if not kept:
                 return self._last_seq
-            await self._room.wait()
             drafts = kept
-        request = _Append(drafts, asyncio.get_running_loop())
+        started = time.monotonic()
+        if not self._room.is_set():
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._room.wait()
+            except TimeoutError:
+                raise StoreTimeout(self._not_stored_in(timeout)) from None
+        request = _Append(drafts, timeout, started)
         self._queue.put(request)
         return await request.future
 
@@ -251,74 +748,346 @@ class Outbox:
         when = occurred_at or dt.datetime.now(dt.UTC)
         await self.append([Draft(device, cls, body, when)])
 
+    def _not_stored_in(self, timeout: float | None) -> str:
+        if self._disk_full:
+            why = "the disk is full"
+        elif self._budget is Pressure.FULL:
+            why = "the outbox is at its disk budget"
+        else:
+            why = "the outbox is busy"
+        return f"not stored within {timeout or 0:g} s: {why}"
+
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        pending: list[_Append] = []  # taken from the queue, not stored yet (a full disk)
+        backoff = RETRY_FIRST_S
         try:
             while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                group = [first]
-                size = len(first.drafts)
-                stop = False
-                while size < MAX_GROUP:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    group.append(nxt)
-                    size += len(nxt.drafts)
-                self._commit(conn, group)
+                stop = self._gather(pending, self._wait_for(pending, backoff))
+                pending = self._store(conn, pending)
+                self._waiting = sum(len(request.drafts) for request in pending)
                 if stop:
+                    closed = NotStored("not stored: the outbox closed while the disk was full")
+                    self._settle([(request.future, closed) for request in pending])
                     return
+                backoff = min(backoff * 2, RETRY_MAX_S) if pending else RETRY_FIRST_S
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, group: list[_Append]) -> None:
-        seq = self._last_seq
-        rows = []
-        requests: list[tuple[str, str, int, float]] = []
-        ends = []
-        now = time.time()
+    @staticmethod
+    def _wait_for(pending: list[_Append], backoff: float) -> float | None:
+        if not pending:
+            return None
+        deadlines = [r.deadline for r in pending if r.deadline is not None]
+        if not deadlines:
+            return backoff
+        return max(0.0, min(backoff, min(deadlines) - time.monotonic()))
+
+    def _gather(self, pending: list[_Append], timeout: float | None) -> bool:
+        """Take appends from the queue into ``pending``; True once the outbox closes."""
         try:
-            for request in group:
-                for draft in request.drafts:
-                    seq += 1
-                    event = Event(
-                        gateway=self.gateway,
-                        seq=seq,
-                        id=new_event_id(),
-                        device=draft.device,
-                        cls=draft.cls,
-                        occurred_at=draft.occurred_at,
-                        body=draft.body,
-                    )
-                    rows.append((seq, int(draft.cls), now, wire.encode_event(event)))
-                    if draft.request is not None:
-                        requests.append((*draft.request, seq, now))
-                ends.append(seq)
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if first is None:
+            return True
+        pending.append(first)
+        size = sum(len(request.drafts) for request in pending)
+        # On a full disk all of the queue: telemetry goes at once, deadlines are kept.
+        while self._disk_full or size < MAX_GROUP:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return True
+            pending.append(nxt)
+            size += len(nxt.drafts)
+        return False
+
+    def _store(self, conn: sqlite3.Connection, pending: list[_Append]) -> list[_Append]:
+        """Commit what is pending, in order; returns what must wait (the disk is full)."""
+        now = time.monotonic()
+        live: list[_Append] = []
+        expired: list[_Outcome] = []
+        for request in pending:
+            if request.future.cancelled():
+                continue  # its caller is gone: store nothing for it
+            if request.deadline is not None and now >= request.deadline:
+                expired.append((request.future, StoreTimeout(self._not_stored_in(request.timeout))))
+                continue
+            live.append(request)
+        self._settle(expired)
+        if self._disk_full:
+            live = self._drop_telemetry(live)
+        while live:
+            size, cut = 0, 0
+            while cut < len(live) and size < MAX_GROUP:
+                size += len(live[cut].drafts)
+                cut += 1
+            left = self._commit(conn, live[:cut])
+            if left:
+                return self._drop_telemetry(left + live[cut:])
+            live = live[cut:]
+        return []
+
+    def _drop_telemetry(self, requests: list[_Append]) -> list[_Append]:
+        """On a full disk telemetry is refused (counted); ledger events keep waiting."""
+        kept: list[_Append] = []
+        dropped: list[_Outcome] = []
+        count = 0
+        for request in requests:
+            ledger = [d for d in request.drafts if d.cls is not TrafficClass.TELEMETRY]
+            count += len(request.drafts) - len(ledger)
+            if ledger:
+                request.drafts = ledger
+                kept.append(request)
+            else:
+                dropped.append((request.future, self._last_seq))
+        if count:
+            self._count_drops(count)
+        self._settle(dropped)
+        return kept
+
+    def _encode(self, request: _Append, seq: int, now: float) -> tuple[list[_Row], list[_Key]]:
+        rows: list[_Row] = []
+        keys: list[_Key] = []
+        for draft in request.drafts:
+            seq += 1
+            event = Event(
+                gateway=self.gateway,
+                seq=seq,
+                id=new_event_id(),
+                device=draft.device,
+                cls=draft.cls,
+                occurred_at=draft.occurred_at,
+                body=draft.body,
+            )
+            rows.append((seq, int(draft.cls), now, wire.encode_event(event)))
+            if draft.request is not None:
+                keys.append((*draft.request, seq, now))
+        return rows, keys
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Append]) -> list[_Append]:
+        """One transaction for the group; returns the requests left to retry (a full disk).
+
+        A request whose events cannot be encoded fails alone, before any seq is given to
+        it; one that breaks the transaction otherwise is found by committing one by one.
+        """
+        seq = self._last_seq
+        rows: list[_Row] = []
+        keys: list[_Key] = []
+        outcomes: list[_Outcome] = []
+        stored: list[tuple[_Append, int]] = []
+        now = time.time()
+        for request in group:
+            try:
+                request_rows, request_keys = self._encode(request, seq, now)
+            except Exception as exc:  # its own caller hears it; the group goes on
+                outcomes.append((request.future, Unencodable(f"event not encodable: {exc}")))
+                continue
+            seq += len(request_rows)
+            rows += request_rows
+            keys += request_keys
+            stored.append((request, seq))
+        if not stored:
+            self._settle(outcomes)
+            return []
+        try:
             conn.execute("BEGIN")
             conn.executemany(
                 "INSERT INTO outbox (seq, cls, created_at, payload) VALUES (?, ?, ?, ?)", rows
             )
-            if requests:
+            if keys:
                 conn.executemany(
-                    "INSERT INTO requests (key, fingerprint, seq, at) VALUES (?, ?, ?, ?)",
-                    requests,
+                    "INSERT INTO requests (key, fingerprint, seq, at) VALUES (?, ?, ?, ?)", keys
                 )
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (seq,))
             conn.execute("COMMIT")
-        except Exception as exc:  # a full disk, a broken file: every waiter hears it
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            group[0].loop.call_soon_threadsafe(_fail, [r.future for r in group], exc)
-            return
+        except Exception as exc:  # a full disk, a broken file, a duplicate key
+            _rollback(conn)
+            self._settle(outcomes)
+            if is_disk_full(exc):
+                self._note_disk_full("storing events", exc)
+                return [request for request, _ in stored]
+            if len(stored) > 1:
+                left: list[_Append] = []
+                for request, _ in stored:
+                    left += self._commit(conn, [request])
+                return left
+            self._settle([(stored[0][0].future, exc)])
+            return []
         self._last_seq = seq
         # One wake-up of the event loop per commit, not one per waiter.
-        settled = [(r.future, end) for r, end in zip(group, ends, strict=True)]
-        group[0].loop.call_soon_threadsafe(_resolve, settled, self.appended)
+        self._settle(outcomes + [(request.future, end) for request, end in stored], appended=True)
+        return []
+
+    def _settle(self, outcomes: list[_Outcome], *, appended: bool = False) -> None:
+        if not outcomes:
+            return
+        loop = outcomes[0][0].get_loop()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, outcomes, self.appended if appended else None)
+
+    def _count_drops(self, count: int) -> None:
+        with self._drops_lock:
+            self._drops_unsaved += count
+
+    # ------------------------------------------------------------ a full disk
+
+    @property
+    def pressure(self) -> Pressure:
+        return Pressure.DISK_FULL if self._disk_full else self._budget
+
+    @property
+    def disk_full(self) -> bool:
+        return self._disk_full
+
+    @property
+    def waiting(self) -> int:
+        """Ledger events the writer holds because the disk is full."""
+        return self._waiting
+
+    def disk_free_bytes(self) -> int:
+        return disk_free_bytes(self.path.parent)
+
+    def _note_disk_full(self, during: str, exc: BaseException) -> None:
+        """Any write that hit a full disk: the state begins (logged once), the reserve goes."""
+        if self._disk_full:
+            return
+        self._disk_full, self._disk_full_since = True, time.monotonic()
+        released = self._release_reserve()
+        self.log.warning(
+            "outbox.disk_full", during=during, error=str(exc), reserve_released=released,
+            free_bytes=self.disk_free_bytes(),
+        )  # fmt: skip
+
+    def _release_reserve(self) -> bool:
+        try:
+            reserve_path(self.path).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _ensure_reserve(self) -> bool:
+        """Keep the reserve file in place (blocking); False if there is no room for it.
+
+        Never takes the last free bytes from SQLite: only with room left beside it.
+        """
+        size = self.policy.reserve_bytes
+        target = reserve_path(self.path)
+        if size <= 0:
+            return True
+        try:
+            if target.stat().st_size >= size:
+                return True
+        except FileNotFoundError:
+            pass
+        if self.disk_free_bytes() < size + MIN_FREE_BYTES:
+            return False
+        temporary = target.with_name(target.name + ".tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)  # real blocks, not a sparse file
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, target)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            if not _no_space(exc):
+                self.log.warning("outbox.reserve_failed", error=str(exc))
+            return False
+        return True
+
+    def _try_recover(self) -> None:
+        """The disk full state ends when the reserve is back and room is left beside it."""
+        if self.disk_free_bytes() < MIN_FREE_BYTES or not self._ensure_reserve():
+            return
+        with self._reader_lock:
+            try:
+                self._read().execute("UPDATE meta SET value = value WHERE key = 'session'")
+                self._flush_unsaved()
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc):
+                    raise
+                return
+        self._disk_full = False
+        self.log.info(
+            "outbox.disk_recovered", free_bytes=self.disk_free_bytes(),
+            after_s=round(time.monotonic() - self._disk_full_since, 1),
+        )  # fmt: skip
+
+    def _survive(self, during: str, exc: sqlite3.Error) -> None:
+        """A write that failed: a full disk is a state to carry on in, anything else raises."""
+        if not is_disk_full(exc):
+            raise exc
+        self._note_disk_full(during, exc)
+
+    def _flush_unsaved(self) -> None:
+        """Write what was kept in memory while the disk was full (reader lock held)."""
+        conn = self._read()
+        if self._ack_unsaved:
+            conn.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE key = 'acked_seq'", (self._acked,)
+            )
+            self._ack_unsaved = False
+        if self._session_unsaved:
+            conn.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE key = 'session'", (self._session,)
+            )
+            self._session_unsaved = False
+        with self._drops_lock:
+            drops = self._drops_unsaved
+        if drops:
+            conn.execute(
+                "UPDATE meta SET value = value + ? WHERE key = 'dropped_at_admission'", (drops,)
+            )
+            with self._drops_lock:
+                self._drops_unsaved -= drops
+        for key in list(self._reported_unsaved):
+            conn.execute("UPDATE commands SET state = 'reported' WHERE key = ?", (key,))
+            self._reported_unsaved.discard(key)
+
+    def _save_state(self) -> None:
+        """Write the state file if what is on disk changed since (blocking, best effort).
+
+        Only what a checkpoint has put on disk goes in: after a power cut the file is
+        never behind its state file (with synchronous=NORMAL the WAL's last commits may
+        not be on disk until a checkpoint syncs it).
+        """
+        if not self._outbox_id:
+            return
+        with self._reader_lock:
+            conn = self._read()
+            try:
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                current = (int(meta["last_seq"]), int(meta["acked_seq"]))
+                if current == self._saved:
+                    return
+                if self._synchronous != "FULL":
+                    busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if busy or done < frames:
+                        return  # not all on disk yet: at the next tick
+            except sqlite3.Error as exc:
+                self._survive("checkpointing", exc)
+                return
+        state = OutboxState(
+            outbox_id=self._outbox_id,
+            gateway=self.gateway,
+            origin=self._origin,
+            last_seq=current[0],
+            acked_seq=current[1],
+            saved_at=time.time(),
+        )
+        try:
+            write_state(self.path, state)
+        except OSError as exc:
+            if not _no_space(exc):
+                raise
+            self._note_disk_full("saving the state file", exc)
+            return
+        self._saved = current
 
     # -------------------------------------------------------------------- reading
 
@@ -326,20 +1095,20 @@ class Outbox:
     def last_seq(self) -> int:
         return self._last_seq
 
+    @property
+    def outbox_id(self) -> str:
+        return self._outbox_id
+
     def _read(self) -> sqlite3.Connection:
         assert self._reader is not None, "outbox not open"
         return self._reader
 
     def origin(self) -> int:
         """The seq before this outbox's first: nothing at or below it was ever stored."""
-        with self._reader_lock:
-            row = self._read().execute("SELECT value FROM meta WHERE key='origin'").fetchone()
-        return int(row[0]) if row else 0
+        return self._origin
 
     def acked_seq(self) -> int:
-        with self._reader_lock:
-            row = self._read().execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()
-        return int(row[0])
+        return self._acked
 
     def read_batch(
         self, after: int, limit: int, upto: int | None = None
@@ -369,47 +1138,66 @@ class Outbox:
     def mark_acked(self, seq: int) -> int:
         """Record the hub's cumulative ack (blocking); acked rows stay for the retention.
 
-        Returns the watermark now stored (an older ack never moves it back).
+        Returns the watermark now known (an older ack never moves it back); on a full
+        disk it is written later, at the latest when the disk has room again.
         """
         with self._reader_lock:
-            conn = self._read()
-            conn.execute(
-                "UPDATE meta SET value = max(value, min(?, ?)) WHERE key='acked_seq'",
-                (seq, self._last_seq),
-            )
-            (new,) = conn.execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()
-        return int(new)
+            target = min(seq, self._last_seq)
+            if target > self._acked:
+                self._acked, self._ack_unsaved = target, True
+            if self._ack_unsaved:
+                try:
+                    self._read().execute(
+                        "UPDATE meta SET value = max(value, ?) WHERE key='acked_seq'",
+                        (self._acked,),
+                    )
+                    self._ack_unsaved = False
+                except sqlite3.Error as exc:
+                    self._survive("recording an ack", exc)
+            return self._acked
 
     def housekeeping(self, now: float | None = None) -> Pressure:
         """Trim what the retention allows, enforce the telemetry and disk budgets (blocking).
 
-        Returns the disk pressure; the gateway calls this every second or so.
+        Also writes what a full disk kept in memory, checks whether the disk has room
+        again, and checkpoints the state file. Returns the pressure; the gateway calls
+        this every second or so.
         """
         now = time.time() if now is None else now
         policy = self.policy
         with self._reader_lock:
             conn = self._read()
-            acked = conn.execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()[0]
-            self._trim(conn, acked, now - policy.retention_s)
-            (unacked_telemetry,) = conn.execute(
-                "SELECT count(*) FROM outbox WHERE seq > ? AND cls = ?",
-                (acked, int(TrafficClass.TELEMETRY)),
-            ).fetchone()
-            excess = unacked_telemetry - policy.telemetry_budget
-            if excess > 0:
-                self._drop_oldest_telemetry(conn, acked, excess)
-            used = used_bytes(conn)
-            if used >= policy.disk_budget_bytes:
-                self._trim(conn, acked, now)  # room first from what the hub already has
+            try:
+                if not self._disk_full:
+                    self._flush_unsaved()
+                acked = conn.execute("SELECT value FROM meta WHERE key='acked_seq'").fetchone()[0]
+                self._trim(conn, acked, now - policy.retention_s)
+                (unacked_telemetry,) = conn.execute(
+                    "SELECT count(*) FROM outbox WHERE seq > ? AND cls = ?",
+                    (acked, int(TrafficClass.TELEMETRY)),
+                ).fetchone()
+                excess = unacked_telemetry - policy.telemetry_budget
+                if excess > 0:
+                    self._drop_oldest_telemetry(conn, acked, excess)
+                used = used_bytes(conn)
+                if used >= policy.disk_budget_bytes:
+                    self._trim(conn, acked, now)  # room first from what the hub already has
+                    used = used_bytes(conn)
+            except sqlite3.Error as exc:
+                self._survive("housekeeping", exc)
                 used = used_bytes(conn)
         if used >= policy.disk_budget_bytes:
-            pressure = Pressure.FULL
+            self._budget = Pressure.FULL
         elif used >= ALARM_SHARE * policy.disk_budget_bytes:
-            pressure = Pressure.ALARM
+            self._budget = Pressure.ALARM
         else:
-            pressure = Pressure.OK
-        self.pressure = pressure
-        return pressure
+            self._budget = Pressure.OK
+        if self._disk_full:
+            self._try_recover()
+        else:
+            self._ensure_reserve()
+        self._save_state()
+        return self.pressure
 
     def _trim(self, conn: sqlite3.Connection, acked: int, older_than: float) -> int:
         trimmed = 0
@@ -437,18 +1225,14 @@ class Outbox:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
-
-    def _count_admission_drops(self, count: int) -> None:
-        with self._reader_lock:
-            self._read().execute(
-                "UPDATE meta SET value = value + ? WHERE key = 'dropped_at_admission'", (count,)
-            )
 
     def set_pressure(self, pressure: Pressure) -> None:
         """On the event loop: let ledger appends through again once there is room."""
-        if pressure is Pressure.FULL:
+        if pressure is Pressure.FULL or (
+            pressure is Pressure.DISK_FULL and self._budget is Pressure.FULL
+        ):
             self._room.clear()
         else:
             self._room.set()
@@ -456,11 +1240,14 @@ class Outbox:
     def save_counters(self, counters: dict[str, float]) -> None:
         """Keep the gateway's counters where ``edge status`` can read them (blocking)."""
         with self._reader_lock:
-            self._read().executemany(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                list(counters.items()),
-            )
+            try:
+                self._read().executemany(
+                    "INSERT INTO counters (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    list(counters.items()),
+                )
+            except sqlite3.Error as exc:
+                self._survive("saving counters", exc)
 
     def find_request(self, key: str) -> tuple[str, int] | None:
         """The (fingerprint, seq) a request key was stored with, if it was (blocking)."""
@@ -475,17 +1262,30 @@ class Outbox:
     # ------------------------------------------------------------------- commands
 
     def claim_command(self, key: str) -> bool:
-        """Record that a command runs; False if its key was seen before (blocking)."""
+        """Record that a command runs; False if its key was seen before (blocking).
+
+        Also False on a full disk: a claim that is not durable could run a command twice,
+        so it does not run now; the hub resends it until it hears an outcome.
+        """
         with self._reader_lock:
-            cur = self._read().execute(
-                "INSERT OR IGNORE INTO commands (key, state, at) VALUES (?, 'running', ?)",
-                (key, time.time()),
-            )
+            try:
+                cur = self._read().execute(
+                    "INSERT OR IGNORE INTO commands (key, state, at) VALUES (?, 'running', ?)",
+                    (key, time.time()),
+                )
+            except sqlite3.Error as exc:
+                self._survive("claiming a command", exc)
+                self.log.warning("command.not_claimed", command=key, reason="disk full")
+                return False
             return cur.rowcount == 1
 
     def command_reported(self, key: str) -> None:
         with self._reader_lock:
-            self._read().execute("UPDATE commands SET state = 'reported' WHERE key = ?", (key,))
+            try:
+                self._read().execute("UPDATE commands SET state = 'reported' WHERE key = ?", (key,))
+            except sqlite3.Error as exc:
+                self._survive("recording a command's report", exc)
+                self._reported_unsaved.add(key)
 
     def interrupted_commands(self) -> list[str]:
         """Keys of commands that were running when the gateway last stopped."""
@@ -494,25 +1294,47 @@ class Outbox:
             return [row[0] for row in rows.fetchall()]
 
     def next_session(self) -> int:
-        """A new session number for this gateway's birth, durable across restarts."""
+        """A new session number for this gateway's birth, durable across restarts.
+
+        On a full disk it cannot be durable: the clock (microseconds) then makes it
+        larger than any session before, and it is written when the disk has room.
+        """
         with self._reader_lock:
             conn = self._read()
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key='session'")
-            return int(conn.execute("SELECT value FROM meta WHERE key='session'").fetchone()[0])
+            try:
+                conn.execute(
+                    "UPDATE meta SET value = max(value + 1, ?) WHERE key='session'",
+                    (self._session + 1,),
+                )
+                (session,) = conn.execute("SELECT value FROM meta WHERE key='session'").fetchone()
+                self._session, self._session_unsaved = int(session), False
+            except sqlite3.Error as exc:
+                self._survive("starting a session", exc)
+                self._session = max(self._session + 1, time.time_ns() // 1000)
+                self._session_unsaved = True
+            return self._session
 
     def status(self) -> OutboxStatus:
         with self._reader_lock:
-            return read_status(self._read())
+            status = read_status(self._read(), acked=self._acked)
+        with self._drops_lock:
+            unsaved = self._drops_unsaved
+        return dataclasses.replace(status, dropped_telemetry=status.dropped_telemetry + unsaved)
 
 
-def _resolve(settled: list[tuple[asyncio.Future[int], int]], appended: asyncio.Event) -> None:
-    for future, seq in settled:
-        if not future.done():
-            future.set_result(seq)
-    appended.set()
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+            conn.execute("ROLLBACK")
 
 
-def _fail(futures: list[asyncio.Future[int]], exc: BaseException) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(exc)
+def _settle(outcomes: list[_Outcome], appended: asyncio.Event | None) -> None:
+    for future, outcome in outcomes:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    if appended is not None:
+        appended.set()

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 import aiomqtt
 import msgspec
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from warelink.edge.config import GatewayConfig
 from warelink.edge.outbox import Outbox
 from warelink.edge.settings import EdgeSettings
-from warelink.protocol import wire
+from warelink.protocol import limits, wire
 from warelink.protocol.backoff import Backoff
 from warelink.protocol.errors import DecodeError
 from warelink.protocol.messages import (
@@ -55,6 +57,7 @@ class UplinkStats:
     acks_received: int = 0
     replays_answered: int = 0
     ack_timeouts: int = 0
+    bad_messages: int = 0  # messages on our topics that are not what they claim to be
 
 
 class Uplink:
@@ -116,9 +119,12 @@ class Uplink:
         session = await asyncio.to_thread(self.outbox.next_session)
         death = wire.encode(Death(gateway=self.config.id, session=session))
         gw = self.config
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.MaximumPacketSize = limits.MESSAGE_BYTES_MAX + 64 * 1024  # payload + headers
         client = aiomqtt.Client(
             self.settings.mqtt_host,
             self.settings.mqtt_port,
+            properties=connect,
             # The prefix too: deployments (demo, tests) sharing a broker must not take
             # over each other's session (the broker drops the older of two equal ids).
             identifier=f"warelink-edge-{self.settings.mqtt_prefix}-{gw.site}-{gw.id}",
@@ -168,13 +174,20 @@ class Uplink:
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
+                self._bad_message(str(message.topic), "not a binary payload")
                 continue
             try:
                 decoded = wire.decode(bytes(payload))
             except DecodeError as exc:
-                self.log.warning("uplink.bad_message", topic=str(message.topic), error=str(exc))
+                self._bad_message(str(message.topic), str(exc))
                 continue
             if isinstance(decoded, Ack) and decoded.gateway == self.config.id:
+                if decoded.seq > self.outbox.last_seq:
+                    # No hub can have committed what this outbox never stored: acking it
+                    # would trim events that were never sent.
+                    self._bad_message(str(message.topic), f"ack of seq {decoded.seq}, past "
+                                      f"the newest stored {self.outbox.last_seq}")  # fmt: skip
+                    continue
                 await self._on_ack(decoded.seq)
             elif isinstance(decoded, ReplayRequest) and decoded.gateway == self.config.id:
                 self.stats.replays_answered += 1
@@ -192,6 +205,13 @@ class Uplink:
                     self._rewind(self.acked)
                 elif was and not decoded.online:
                     self.log.warning("uplink.hub_offline")
+
+    def _bad_message(self, topic: str, error: str) -> None:
+        """Ignore it and count it; logged the first time and every thousandth."""
+        self.stats.bad_messages += 1
+        if self.stats.bad_messages == 1 or self.stats.bad_messages % 1000 == 0:
+            self.log.warning("uplink.bad_message", topic=topic[:200], error=error[:300],
+                             total=self.stats.bad_messages)  # fmt: skip
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         """Publish the birth; nothing is sent until the hub answers it with its watermark."""
