@@ -20,6 +20,9 @@ import msgspec
 
 ID_MAX: Final = 64  # site, gateway and device ids: they become MQTT topic levels
 ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A device id on the wire: an id, or ``$``-prefixed for the gateway itself ("$gateway"
+# reports command outcomes), which no configured device can be named.
+DEVICE_PATTERN: Final = r"^\$?[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 CODE_MAX: Final = 64  # locations, SKUs, lots, serials, LPNs, orders, zones, map ids
 # Codes and names: no control characters (no NUL, no line breaks, no escapes).
 CODE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*$"
@@ -74,6 +77,7 @@ EVENT_MAX_AHEAD: Final = dt.timedelta(days=1)
 
 Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]  # with its time zone, always
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+DeviceId = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX + 1, pattern=DEVICE_PATTERN)]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=CODE_MAX, pattern=CODE_PATTERN)]
 OptCode = Annotated[str, msgspec.Meta(max_length=CODE_MAX, pattern=CODE_PATTERN)]
 Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX, pattern=TEXT_PATTERN)]
@@ -113,20 +117,38 @@ def event_problem(occurred_at: dt.datetime, now: dt.datetime) -> str | None:
 
 
 def args_problem(args: dict[str, Any]) -> str | None:
-    """Why a command's free-form arguments are out of bounds, or None."""
-    if _depth(args, 0) > ARGS_DEPTH_MAX:
-        return f"args nested deeper than {ARGS_DEPTH_MAX}"
+    """Why a command's free-form arguments are out of bounds, or None: nested too deep,
+    too large, or holding what PostgreSQL's ``jsonb`` cannot (NUL, NaN, infinity)."""
+    problem = _scan(args, 0)
+    if problem is not None:
+        return problem
+    try:
+        size = len(msgspec.msgpack.encode(args))
+    except (UnicodeEncodeError, TypeError, OverflowError) as exc:
+        return f"args cannot be encoded: {exc}"
+    if size > ARGS_BYTES_MAX:
+        return f"args of {size} bytes: at most {ARGS_BYTES_MAX}"
     return None
 
 
-def _depth(value: object, level: int) -> int:
+def _scan(value: object, level: int) -> str | None:
     if level > ARGS_DEPTH_MAX:
-        return level  # deep enough to refuse: stop looking
+        return f"args nested deeper than {ARGS_DEPTH_MAX}"
+    if isinstance(value, str):
+        return "args hold a NUL character" if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "args hold a number that is not finite"
     if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list | tuple):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+        children: list[object] = [*value.keys(), *value.values()]
+    elif isinstance(value, list | tuple):
+        children = list(value)
+    else:
+        return None
+    for child in children:
+        problem = _scan(child, level + 1)
+        if problem is not None:
+            return problem
+    return None
 
 
 def finite(value: float) -> bool:

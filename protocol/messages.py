@@ -19,6 +19,7 @@ from warelink.protocol.limits import (
     Code,
     Codes,
     Counted,
+    DeviceId,
     DeviceIds,
     Elements,
     EpcHex,
@@ -255,7 +256,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     gateway: Annotated[str, msgspec.Meta(max_length=ID_MAX)]
     seq: Seq
     id: uuid.UUID
-    device: Id
+    device: DeviceId
     cls: TrafficClass
     occurred_at: Timestamp
     body: EventBody
