@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export UV_SYSTEM_CERTS := 1
 UV := python3 -m uv
 
-.PHONY: env services test lint check demo bench chaos chaos-seeds clean
+.PHONY: env services test lint check demo bench chaos chaos-seeds hostile clean
 
 # The environment: locked dependencies (uv.lock), all extras, the project editable.
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -46,6 +46,10 @@ DURATION ?= 10m
 SEED ?= 1
 chaos: env services
 	$(PY) -m tests.chaos.soak --duration $(DURATION) --seed $(SEED)
+
+# Honest traffic through bad input at every entrance: make hostile DURATION=10m [SEED=1]
+hostile: env services
+	$(PY) -m tests.chaos.hostile --duration $(DURATION) --seed $(SEED)
 
 # The chaos suite for seeds 1..SEEDS in a row, stopping at the first failure.
 SEEDS ?= 20
