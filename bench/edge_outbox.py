@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from warelink.edge import outbox as outbox_module
+from warelink.edge import outbox_file
 from warelink.edge.outbox import Draft, Outbox, OutboxPolicy
 from warelink.protocol import wire
 from warelink.protocol.ids import new_event_id
@@ -85,7 +85,7 @@ def encode_rows(drafts: Sequence[Draft], gateway: str) -> list[tuple[int, int, f
 
 
 def raw_executemany(path: Path, sync: Sync, rows: list[tuple[int, int, float, bytes]], per: int):
-    conn = outbox_module.connect(path, synchronous=sync)  # the same schema and PRAGMAs
+    conn = outbox_file.connect(path, synchronous=sync)  # the same schema and PRAGMAs
     sql = "INSERT INTO outbox (seq, cls, created_at, payload) VALUES (?, ?, ?, ?)"
     start = time.perf_counter()
     for i in range(0, len(rows), per):

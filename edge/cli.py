@@ -39,7 +39,7 @@ def run_until_signal(main: Coroutine[Any, Any, None]) -> int:
 
 def _edge_run(args: argparse.Namespace) -> int:
     from warelink.edge.gateway import Gateway
-    from warelink.edge.outbox import OutboxError
+    from warelink.edge.outbox_file import OutboxError
     from warelink.edge.settings import EdgeSettings
 
     config = load_site_config(args.config)
@@ -55,7 +55,7 @@ def _edge_status(args: argparse.Namespace) -> int:
     import sqlite3
 
     from warelink.edge.gateway import OUTBOX_FILE
-    from warelink.edge.outbox import (
+    from warelink.edge.outbox_file import (
         OutboxCorrupt,
         OutboxError,
         OutboxLost,
@@ -89,7 +89,8 @@ def _edge_status(args: argparse.Namespace) -> int:
 def _edge_reset_outbox(args: argparse.Namespace) -> int:
     """Accept the loss of a refused outbox: set it aside, start a new one (a new identity)."""
     from warelink.edge.gateway import OUTBOX_FILE
-    from warelink.edge.outbox import OutboxCorrupt, OutboxLost, inspect, reset_outbox
+    from warelink.edge.outbox import reset_outbox
+    from warelink.edge.outbox_file import OutboxCorrupt, OutboxLost, inspect
 
     config = load_site_config(args.config)
     path = config.gateway.data_dir / OUTBOX_FILE

@@ -32,13 +32,15 @@ from warelink.edge.handheld import HandheldApi, LatestWeights, serve_handheld_ap
 from warelink.edge.outbox import (
     Draft,
     Outbox,
-    OutboxCorrupt,
-    OutboxDiskFull,
-    OutboxLost,
     OutboxPolicy,
     Pressure,
     StoreTimeout,
     Unencodable,
+)
+from warelink.edge.outbox_file import (
+    OutboxCorrupt,
+    OutboxDiskFull,
+    OutboxLost,
     read_state,
     reserve_path,
     state_path,
