@@ -45,6 +45,7 @@ from warelink.hub.api.deps import (
     client_address,
     storable_text,
 )
+from warelink.hub.api.fields import DevicePath, KeyPath, SiteId, SitePath
 from warelink.hub.api.problems import errors
 from warelink.hub.errors import RequestError
 from warelink.hub.ingest import Ingest
@@ -437,7 +438,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         responses={**AUTH_ERRORS, 404: {"description": "no such site"}},
     )
     async def stock(
-        site: str,
+        site: SitePath,
         hub: HubDep,
         who: Annotated[Principal, Allow(Permission.STOCK_READ)],
         include_virtual: Annotated[
@@ -475,8 +476,8 @@ def create_app(settings: HubSettings) -> FastAPI:
         },
     )
     async def post_command(
-        site: str,
-        device: str,
+        site: SitePath,
+        device: DevicePath,
         request: commands.CommandRequest,
         hub: HubDep,
         who: Annotated[Principal, Allow(Permission.COMMANDS_WRITE)],
@@ -510,7 +511,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         responses={**AUTH_ERRORS, 404: {"description": "no such command"}},
     )
     async def get_command(
-        key: str, hub: HubDep, who: Annotated[Principal, Allow(Permission.COMMANDS_READ)]
+        key: KeyPath, hub: HubDep, who: Annotated[Principal, Allow(Permission.COMMANDS_READ)]
     ) -> Response:
         """A command and, once the edge reported it, its outcome."""
         async with hub.pool.connection() as conn:
@@ -520,7 +521,9 @@ def create_app(settings: HubSettings) -> FastAPI:
         return json_response(row)
 
     @app.websocket("/api/v1/live")
-    async def live(websocket: WebSocket, site: str, access_token: str | None = None) -> None:
+    async def live(
+        websocket: WebSocket, site: Annotated[SiteId, Query()], access_token: str | None = None
+    ) -> None:
         """A snapshot of the site, then deltas, each with the site's version number.
 
         Credentials as for REST, or as ``access_token`` in the query (browsers cannot set

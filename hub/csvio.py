@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from warelink.protocol import limits
 from warelink.protocol.epc import EpcDecodeError, Sgtin96, Sscc96, decode_epc
 from warelink.protocol.gs1 import is_valid_check_digit
 
-CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-IDENT = re.compile(r"[!-~]{1,64}")  # lots and serials: printable ASCII, no spaces
-TEXT = re.compile(r"[^\x00-\x1f\x7f]{0,200}")  # names: cells and JSON are stripped first
+# Master data is stricter than the wire's codes (protocol/limits.py), within its lengths.
+CODE = re.compile(limits.ID_PATTERN.strip("^$"))  # SKUs, locations, zones: as site ids
+IDENT = re.compile(f"[!-~]{{1,{limits.CODE_MAX}}}")  # lots and serials: printable ASCII
+TEXT = re.compile(f"[^\\x00-\\x1f\\x7f]{{0,{limits.NAME_MAX}}}")  # names (cells stripped first)
 CODE_PATTERN = f"^{CODE.pattern}$"
 IDENT_PATTERN = f"^{IDENT.pattern}$"
 TEXT_PATTERN = f"^{TEXT.pattern}$"

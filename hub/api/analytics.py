@@ -6,13 +6,14 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection
 
 from warelink.hub import analytics, queries
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, HubDep, IsoDate, IsoDatetime
+from warelink.hub.api.fields import SiteId, SitePath
 from warelink.hub.api.problems import errors
 from warelink.hub.errors import NotFound
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 router = APIRouter(tags=["analytics"])
 
 
-SiteName = Annotated[str, Path(min_length=1, max_length=64)]
+SiteName = SitePath
 Since = Annotated[
     IsoDate | None,
     Query(description="First UTC day of the period (default: 30 days before `until`)."),
@@ -79,7 +80,7 @@ async def compare_kpis(
     since: Since = None,
     until: Until = None,
     site: Annotated[
-        list[Annotated[str, Query(min_length=1, max_length=64)]] | None,
+        list[Annotated[SiteId, Query()]] | None,
         Query(max_length=100, description="Only these sites (default: every site covered)."),
     ] = None,
 ) -> analytics.KpiComparison:

@@ -29,6 +29,7 @@ from starlette.requests import HTTPConnection
 
 from warelink.hub.access import Permission, Principal
 from warelink.hub.auth import AuthError, MustWait, WrongCredential
+from warelink.protocol import limits
 
 log = structlog.get_logger(__name__)
 
@@ -195,7 +196,8 @@ IdempotencyKey = Annotated[
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=200,
+        max_length=limits.KEY_MAX,
+        pattern=limits.CODE_PATTERN,
         description="Retry-safe writes: the same key returns the stored answer; the same key"
         " with a different body is refused (422).",
     ),

@@ -29,7 +29,9 @@ from warelink.hub.api.deps import (
     client_address,
     too_many,
 )
+from warelink.hub.api.fields import Name, SiteId, SiteQuery
 from warelink.hub.api.problems import errors
+from warelink.protocol import limits
 
 if TYPE_CHECKING:
     from warelink.hub.app import Hub
@@ -37,12 +39,11 @@ if TYPE_CHECKING:
 router = APIRouter(tags=["identities"])
 
 IdentityId = Annotated[str, StringConstraints(pattern=identities.IDENTITY_PATTERN)]
-SiteId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Password = Annotated[
     str,
     StringConstraints(min_length=identities.MIN_PASSWORD, max_length=identities.MAX_PASSWORD),
 ]
-DisplayName = Annotated[str, StringConstraints(max_length=200)]
+DisplayName = Name
 Roles = Annotated[list[Role], Field(min_length=1, max_length=len(Role))]
 Sites = Annotated[
     list[SiteId] | None,
@@ -131,7 +132,7 @@ class NewKey(KeyInfo):
 
 
 class KeyRequest(BaseModel):
-    name: Annotated[str, StringConstraints(max_length=100)] = ""
+    name: Name = ""
     expires_at: AwareDatetime | None = None
 
 
@@ -409,20 +410,23 @@ async def revoke_key(
 
 # ------------------------------------------------------------------ audit
 
-Text = Annotated[str | None, Query(min_length=1, max_length=200)]
+Text = Annotated[
+    str | None,
+    Query(min_length=1, max_length=limits.NAME_MAX, pattern=limits.TEXT_PATTERN),
+]
 
 
 @router.get("/audit", response_model=AuditPage, tags=["audit"], responses=errors(401, 403, 422))
 async def audit_log(
     who: Annotated[Principal, Allow(Permission.AUDIT_READ)],
     conn: Conn,
-    site: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    site: SiteQuery = None,
     actor: Text = None,
     action: Text = None,
     subject: Text = None,
     since: Annotated[IsoDatetime | None, Query(description="at or after")] = None,
     until: Annotated[IsoDatetime | None, Query(description="before")] = None,
-    before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="id cursor")] = None,
+    before: Annotated[int | None, Query(ge=1, le=limits.INT8_MAX, description="id cursor")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Response:
     """Every write with its actor, newest first; site-scoped callers see their sites' rows."""

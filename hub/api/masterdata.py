@@ -587,8 +587,7 @@ class CsvResponse(Response):
 )  # fmt: skip
 async def export_csv(
     entity: ImportEntity, conn: Conn, who: ReadWho,
-    site: Annotated[str | None, Query(max_length=64, pattern=csvio.CODE_PATTERN,
-                                      description="only this site's rows")] = None,
+    site: Annotated[SiteId | None, Query(description="only this site's rows")] = None,
 ) -> Response:  # fmt: skip
     """Master data as CSV, in the columns the import takes: an export imports back unchanged.
 

@@ -114,6 +114,16 @@ REFUSED: dict[str, list[Case]] = {
         ("POST", COMMANDS, COMMAND | {"args": _nested(12)}, "args"),
         ("POST", COMMANDS, COMMAND | {"args": {"blob": "x" * 70_000}}, "args"),
         ("POST", COMMANDS, COMMAND | {"args": {"v": "a\x00"}}, "args"),
+        ("POST", "/api/v1/sites/north/devices/sc%00ale/commands", COMMAND, "device"),
+        ("GET", f"/api/v1/commands/{LONG}", None, "key"),
+    ],
+    "sites, identities, analytics, quarantine": [
+        ("GET", f"/api/v1/sites/{LONG}/stock", None, "site"),
+        ("GET", "/api/v1/audit?actor=a%00b", None, "actor"),
+        ("POST", "/api/v1/identities/alice/keys", {"name": "k\x00"}, "name"),
+        ("GET", f"/api/v1/sites/{LONG}/kpis", None, "site"),
+        ("GET", f"/api/v1/quarantine?gateway={LONG}", None, "gateway"),
+        ("POST", f"/api/v1/quarantine/{BEYOND_BIGINT}/dismiss", {}, "entry"),
     ],
 }
 
