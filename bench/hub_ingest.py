@@ -53,7 +53,8 @@ from warelink.protocol.messages import (
 )
 from warelink.protocol.topics import Kind, Topics
 
-T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+# Recent: the hub quarantines events dated outside its window (protocol/limits.py).
+T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
 MESSAGE_EVENTS = 500
 Batches = list[IncomingBatch]
 

@@ -230,6 +230,19 @@ async def test_bad_events_are_quarantined_alone_and_their_gateway_goes_on(
     assert all(e["kind"] == "event" for e in entries.values())
     row = await gateway_row(hub, evil)
     assert row["quarantined"] == len(entries) and row["acked_seq"] == 55
+    async with hub.client() as http:
+        # A date out of the window is a supervisor's call: released, it is applied.
+        dated = await http.post(f"/api/v1/quarantine/{entries[2]['id']}/release", json={})
+        assert dated.status_code == 200, dated.text
+        # A value out of bounds is not: it still does not decode, and stays open.
+        still = await http.post(f"/api/v1/quarantine/{entries[8]['id']}/release", json={})
+        assert still.status_code == 409 and "does not decode" in still.text
+    with psycopg.connect(hub.settings.db_url) as conn:
+        assert conn.execute(
+            "SELECT extract(year FROM occurred_at) FROM events WHERE gateway = %s AND seq = 2",
+            (evil,),
+        ).fetchone() == (1,)
+    assert (await gateway_row(hub, evil))["quarantined"] == len(entries) - 1
     assert_ingest_never_stopped(hub)
 
 
