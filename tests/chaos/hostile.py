@@ -45,31 +45,29 @@ from psycopg import sql
 
 from tests.chaos.soak import seconds
 from tests.conftest import MQTT_HOST, MQTT_PORT, PG_ADMIN_URL
+from tests.support import forge
 from tests.support.cli import warelink
+from tests.support.forge import batch
 from tests.support.hub import HubProcess
 from tests.support.services import free_port
 from tests.support.sites import write_site_config
 from warelink.hub.settings import HubSettings
 from warelink.protocol import wire
 from warelink.protocol.errors import DecodeError
-from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import (
     Ack,
     Birth,
     Command,
-    Event,
-    EventBatch,
     EventBody,
     GatewayStats,
     HubPresence,
     Receipt,
     ReplayRequest,
     Shipment,
-    TrafficClass,
 )
 from warelink.protocol.topics import Kind, Topics
 
-GTIN = "09506000134352"
+GTIN = forge.GTIN
 CANARY_SITE, CANARY_GW, CANARY_LOT = "site-canary", "gw-canary", "CANARY"
 EVIL_SITE, EVIL_GW, EVIL_LOT = "site-evil", "gw-evil", "EVIL"
 FORGED_SITE = "site-forged"
@@ -324,19 +322,9 @@ def event(
     lot: str = EVIL_LOT,
     **fields: Any,
 ) -> bytes:
-    body = body or Receipt(location="DOCK-1", gtin=GTIN, quantity=1, lot=lot)
-    values: dict[str, Any] = {
-        "gateway": gateway, "seq": seq, "id": new_event_id(), "device": "scanner",
-        "cls": TrafficClass.LEDGER, "occurred_at": dt.datetime.now(dt.UTC), "body": body,
-    } | fields  # fmt: skip
-    return wire.encode_event(Event(**values))
-
-
-def batch(gateway: str, first: int, last: int, events: list[bytes]) -> bytes:
-    return wire.encode(
-        EventBatch(gateway=gateway, session=1, first_seq=first, last_seq=last,
-                   sent_at=dt.datetime.now(dt.UTC), events=[msgspec.Raw(e) for e in events])
-    )  # fmt: skip
+    return forge.event(
+        gateway, seq, body or Receipt(location="DOCK-1", gtin=GTIN, quantity=1, lot=lot), **fields
+    )
 
 
 def bad_event(rng: random.Random, gateway: str, seq: int) -> tuple[str, bytes]:

@@ -1,6 +1,6 @@
 """The hostile soak, short: honest traffic through bad input at every entrance (issue 9).
 
-``make hostile DURATION=10m`` runs it long; here 45 s keep the harness itself tested.
+``make hostile DURATION=10m`` runs it long; here 30 s keep the harness itself tested.
 The seed comes from WARELINK_CHAOS_SEED (default 1), as for the rest of the chaos suite.
 """
 
@@ -17,7 +17,7 @@ SEED = int(os.environ.get("WARELINK_CHAOS_SEED", "1"))
 
 @pytest.mark.timeout(300)
 async def test_honest_traffic_survives_bad_input_at_every_entrance() -> None:
-    result = await run_hostile(SEED, duration=45)
+    result = await run_hostile(SEED, duration=30)
     print(result.table())
-    assert result.canary_answered > 300 and result.evil_good > 0 and result.evil_bad > 0
+    assert result.canary_answered > 200 and result.evil_good > 0 and result.evil_bad > 0
     assert result.ok, result.table()

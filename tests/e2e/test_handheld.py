@@ -11,6 +11,7 @@ import httpx
 import psycopg
 
 from tests.e2e.test_delivery import edge_settings, wait_caught_up
+from tests.support.canary import handheld_ready
 from tests.support.hub import HubProcess
 from tests.support.services import free_port
 from tests.support.sites import site_config
@@ -31,13 +32,7 @@ async def test_clerks_work_offline_and_every_request_is_stored_once(
                          handheld_api=f"127.0.0.1:{port}")  # fmt: skip
     gateway = Gateway(config, edge_settings(mqtt_prefix))
     async with running(gateway), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
-        async with asyncio.timeout(10):
-            while True:  # the API comes up with the gateway
-                try:
-                    await api.get("/api/v1/status")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+        await handheld_ready(api)
 
         async def post(operation: str, key: str | None, body: dict[str, object]) -> httpx.Response:
             headers = {"Idempotency-Key": key} if key else {}

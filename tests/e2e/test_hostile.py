@@ -14,51 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import msgspec
 import psycopg
 
 from tests.conftest import MQTT_HOST, MQTT_PORT
 from tests.e2e.test_delivery import edge_settings
 from tests.support.canary import Canary, canary
+from tests.support.forge import GTIN, batch, event
 from tests.support.hub import HubProcess
 from tests.support.sites import site_config
 from warelink.edge.gateway import Gateway, running
 from warelink.protocol import wire
-from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import (
     Ack,
     Birth,
     Command,
-    Event,
-    EventBatch,
-    EventBody,
     GatewayStats,
     HubPresence,
     Receipt,
     Shipment,
-    TrafficClass,
 )
 from warelink.protocol.topics import Kind, Topics
 
-GTIN = "09506000134352"
 SITE = "site-x"
 NOW = dt.datetime.now(dt.UTC)
-
-
-def event(gateway: str, seq: int, body: EventBody | None = None, **fields: Any) -> bytes:
-    body = body or Receipt(location="DOCK-1", gtin=GTIN, quantity=1)
-    values: dict[str, Any] = {
-        "gateway": gateway, "seq": seq, "id": new_event_id(), "device": "scanner",
-        "cls": TrafficClass.LEDGER, "occurred_at": dt.datetime.now(dt.UTC), "body": body,
-    } | fields  # fmt: skip
-    return wire.encode_event(Event(**values))
-
-
-def batch(gateway: str, first: int, last: int, events: list[bytes]) -> bytes:
-    return wire.encode(
-        EventBatch(gateway=gateway, session=1, first_seq=first, last_seq=last,
-                   sent_at=dt.datetime.now(dt.UTC), events=[msgspec.Raw(e) for e in events])
-    )  # fmt: skip
 
 
 async def quarantine(hub: HubProcess, **filters: str) -> list[dict[str, Any]]:

@@ -87,6 +87,17 @@ class Canary:
         assert [seq for (seq,) in rows] == sorted(self.stored)
 
 
+async def handheld_ready(api: httpx.AsyncClient, *, timeout: float = 10) -> None:
+    """Wait until a gateway's handheld API answers (it comes up with the gateway)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await api.get("/api/v1/status")
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def canary(
     tmp_path: Path, mqtt_prefix: str, *, site: str = "site-canary", gateway: str = "gw-canary"
@@ -99,13 +110,7 @@ async def canary(
         running(gw),
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api,
     ):
-        async with asyncio.timeout(10):
-            while True:  # the API comes up with the gateway
-                try:
-                    await api.get("/api/v1/status")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+        await handheld_ready(api)
         bird = Canary(gw, api)
         watcher = asyncio.create_task(bird.watch(), name="canary-watch")
         try:
