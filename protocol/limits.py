@@ -83,6 +83,9 @@ OptCode = Annotated[str, msgspec.Meta(max_length=CODE_MAX, pattern=CODE_PATTERN)
 Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX, pattern=TEXT_PATTERN)]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=KEY_MAX, pattern=CODE_PATTERN)]
 Gtin = Annotated[str, msgspec.Meta(pattern=GTIN_PATTERN)]
+# What an event's ``gtin`` carries: a GTIN-14, or a SKU code where a device or an app
+# knows the item by its code (an AGV's load, a clerk's app); the hub resolves either.
+Item = Code
 Sscc = Annotated[str, msgspec.Meta(pattern=SSCC_PATTERN)]
 EpcHex = Annotated[str, msgspec.Meta(pattern=EPC_PATTERN)]
 Unit = Annotated[str, msgspec.Meta(max_length=UNIT_MAX, pattern=CODE_PATTERN)]

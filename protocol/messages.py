@@ -23,8 +23,8 @@ from warelink.protocol.limits import (
     DeviceIds,
     Elements,
     EpcHex,
-    Gtin,
     Id,
+    Item,
     Key,
     Measure,
     OptCode,
@@ -73,7 +73,7 @@ class Receipt(msgspec.Struct, frozen=True, tag="receipt"):
     """Goods received into a location: a ledger movement supplier → location."""
 
     location: Code
-    gtin: Gtin
+    gtin: Item  # a GTIN-14, or a SKU code
     quantity: Quantity
     lot: Code | None = None
     expiry: dt.date | None = None
@@ -85,7 +85,7 @@ class Shipment(msgspec.Struct, frozen=True, tag="shipment"):
     """Goods shipped out of a location: a ledger movement location → customer."""
 
     location: Code
-    gtin: Gtin
+    gtin: Item  # a GTIN-14, or a SKU code
     quantity: Quantity
     lot: Code | None = None
     sscc: Sscc | None = None
@@ -97,7 +97,7 @@ class Movement(msgspec.Struct, frozen=True, tag="movement"):
 
     from_location: Code
     to_location: Code
-    gtin: Gtin
+    gtin: Item  # a GTIN-14, or a SKU code
     quantity: Quantity
     lot: Code | None = None
     lpn: Code | None = None  # the licence plate / SSCC of the load, when known
@@ -112,7 +112,7 @@ class Count(msgspec.Struct, frozen=True, tag="count"):
     """
 
     location: Code
-    gtin: Gtin
+    gtin: Item  # a GTIN-14, or a SKU code
     counted: Counted
     lot: Code | None = None
 
@@ -120,7 +120,7 @@ class Count(msgspec.Struct, frozen=True, tag="count"):
 class Verification(msgspec.Struct, frozen=True, tag="verification"):
     """A pick checked at the pack bench: what was scanned, and what the scale said."""
 
-    gtin: Gtin
+    gtin: Item  # a GTIN-14, or a SKU code
     quantity: Quantity
     lot: Code | None = None
     weight: Measure | None = None  # kg, the scale's latest stable reading when given
