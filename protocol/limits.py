@@ -32,7 +32,7 @@ NAME_MAX: Final = 200
 TEXT_MAX: Final = 2000  # free text: details, reasons, error descriptions
 # Free text and raw scans: anything but NUL (GS1 scans carry the GS separator, 0x1d).
 TEXT_PATTERN: Final = r"^[^\x00]*$"
-RAW_SCAN_MAX: Final = 512  # a barcode's raw text (a 2D code holds at most a few hundred)
+RAW_SCAN_MAX: Final = 4296  # a barcode's raw text: the most a QR code holds
 KEY_MAX: Final = 128  # idempotency keys and command keys
 GTIN_PATTERN: Final = r"^\d{14}$"
 SSCC_PATTERN: Final = r"^\d{18}$"
