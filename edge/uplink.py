@@ -313,6 +313,10 @@ class Uplink:
             events=[msgspec.Raw(payload) for _, payload in rows],
         )
         await client.publish(self._topic(Kind.EVENTS), wire.encode(batch), qos=1)
+        if after <= self.acked:
+            # Nothing was in flight: the ack timeout counts from this send, not from the
+            # last ack before a quiet spell.
+            self._last_progress = time.monotonic()
         if upto is not None or self._tail is None:  # in-order sends: count what went twice
             self.stats.events_resent += sum(1 for seq, _ in rows if seq <= self._highest_sent)
         self.stats.batches_sent += 1

@@ -226,3 +226,23 @@ async def test_batches_delivered_twice_are_stored_once(hub: HubProcess, mqtt_pre
     assert rows[0]["acked_seq"] == 50
     stock = await hub.get("/api/v1/sites/site-d/stock")
     assert stock["lines"][0]["quantity"] == 50.0
+
+
+async def test_a_gateway_idle_past_the_ack_timeout_does_not_time_out_on_its_next_send(
+    hub: HubProcess, mqtt_prefix: str, tmp_path: Path
+) -> None:
+    """The ack timeout counts from the send, not from the last ack before a quiet spell."""
+    gateway = Gateway(
+        site_config(tmp_path, site="site-q", gateway="gw-q", ack_timeout_s=1.0),
+        edge_settings(mqtt_prefix),
+    )
+    receipt = Receipt(location="DOCK-1", gtin=GTINS[0], quantity=1)
+    async with running(gateway):
+        await gateway.outbox.add("scanner-1", TrafficClass.LEDGER, receipt)
+        await wait_caught_up(hub, [gateway], timeout=20)
+        await asyncio.sleep(2.5)  # quiet for longer than the ack timeout
+        await gateway.outbox.add("scanner-1", TrafficClass.LEDGER, receipt)
+        await wait_caught_up(hub, [gateway], timeout=20)
+        await asyncio.sleep(1.0)
+    assert gateway.uplink.stats.ack_timeouts == 0
+    assert gateway.uplink.stats.events_resent == 0
