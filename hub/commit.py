@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from psycopg import AsyncConnection
 
 from warelink.hub import device_rules, quarantine, store
-from warelink.hub.quarantine import QuarantinedEvent
 from warelink.protocol import limits, wire
 from warelink.protocol.delivery import Coverage
 from warelink.protocol.errors import DecodeError
@@ -39,7 +38,7 @@ class IncomingBatch:
     last_seq: int
     events: list[Event]
     skew_ms: float  # the edge's clock minus the hub's, when it arrived (transit included)
-    quarantined: list[QuarantinedEvent] = field(default_factory=list)
+    quarantined: list[wire.BadEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -95,7 +94,7 @@ def decode_events(
         except DecodeError as exc:
             raise Malformed(str(exc)) from None
         header, events = split.envelope, split.events
-        bad = [QuarantinedEvent(b.raw, b.seq, b.reason) for b in split.bad]
+        bad = list(split.bad)
     if header.gateway != where.gateway:
         raise Malformed(f"batch of gateway {header.gateway!r} on the topic of {where.gateway!r}")
     first, last = header.first_seq, header.last_seq
@@ -114,7 +113,7 @@ def decode_events(
             continue
         problem = _event_problem(event, gateway, first, last, now)
         seq = event.seq if first <= event.seq <= last else None
-        bad.append(QuarantinedEvent(wire.encode_event(event), seq, problem))
+        bad.append(wire.BadEvent(wire.encode_event(event), seq, problem))
     skew = (header.sent_at - now).total_seconds() * 1000
     return IncomingBatch(where.site, where.gateway, first, last, good, skew, bad)
 

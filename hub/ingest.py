@@ -31,7 +31,6 @@ from psycopg.types.json import set_json_dumps
 
 from warelink.hub import commands, quarantine, store
 from warelink.hub.commit import FlushResult, IncomingBatch, Malformed, commit_events, decode_events
-from warelink.hub.quarantine import QuarantinedEvent
 from warelink.hub.settings import HubSettings
 from warelink.protocol import limits, wire
 from warelink.protocol.backoff import Backoff
@@ -379,7 +378,7 @@ class Ingest:
         event = piece.events[0] if piece.events else None
         reason = f"the hub could not apply it: {type(failure).__name__}: {failure}"
         set_aside = [] if event is None else [
-            QuarantinedEvent(wire.encode_event(event), event.seq, reason)
+            wire.BadEvent(wire.encode_event(event), event.seq, reason)
         ]  # fmt: skip
         log.warning("ingest.event_quarantined", gateway=piece.gateway, site=piece.site,
                     seq=event.seq if event else None, reason=reason[:300])  # fmt: skip

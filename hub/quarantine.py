@@ -13,7 +13,6 @@ audit row.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -24,18 +23,10 @@ from warelink.hub import audit, device_rules, store
 from warelink.hub.errors import Conflict, NotFound
 from warelink.protocol import limits, wire
 from warelink.protocol.errors import DecodeError
+from warelink.protocol.wire import BadEvent
 
 MESSAGES_KEPT = 1000  # open quarantined messages per gateway; beyond: counted only
 MESSAGE_BYTES_KEPT = 64 * 1024
-
-
-@dataclass(frozen=True)
-class QuarantinedEvent:
-    """One event of a batch, set aside: its bytes, its seq if readable, and why."""
-
-    raw: bytes
-    seq: int | None
-    reason: str
 
 
 def clean_reason(reason: str) -> str:
@@ -44,7 +35,7 @@ def clean_reason(reason: str) -> str:
 
 
 async def keep_events(
-    site: str, gateway: str, events: list[QuarantinedEvent], *, conn: AsyncConnection
+    site: str, gateway: str, events: list[BadEvent], *, conn: AsyncConnection
 ) -> int:
     """Keep events set aside (a resent one is kept once); returns how many are new.
 

@@ -152,7 +152,3 @@ def _scan(value: object, level: int) -> str | None:
         if problem is not None:
             return problem
     return None
-
-
-def finite(value: float) -> bool:
-    return math.isfinite(value) and abs(value) <= MEASURE_MAX

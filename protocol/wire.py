@@ -68,7 +68,8 @@ class RawBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_field
 
 @dataclass(frozen=True)
 class BadEvent:
-    """One event of a batch that does not decode: its bytes, its seq if readable, why."""
+    """One event of a batch set aside: its bytes, its seq if readable, and why (it does
+    not decode, or the receiver refused it)."""
 
     raw: bytes
     seq: int | None
