@@ -28,6 +28,7 @@ lint: env .typecheck/warelink
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p warelink -p tests
+	PYTHONPATH=.typecheck $(VENV)/bin/lint-imports --no-cache
 
 test: env services lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -35,9 +35,9 @@ import structlog
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import set_json_dumps
 
-from warelink.hub import store
-from warelink.hub.commit import IncomingBatch, commit_events
-from warelink.hub.ingest import Ingest
+from warelink.hub.ingest import store
+from warelink.hub.ingest.commit import IncomingBatch, commit_events
+from warelink.hub.ingest.worker import Ingest
 from warelink.hub.migrate import migrate
 from warelink.hub.settings import HubSettings
 from warelink.protocol import wire

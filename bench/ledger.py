@@ -32,9 +32,11 @@ from decimal import Decimal
 import psycopg
 from psycopg import AsyncConnection, sql
 
-from warelink.hub import analytics, ledger, queries
-from warelink.hub.ledger import Leg
 from warelink.hub.migrate import migrate
+from warelink.hub.reports import analytics
+from warelink.hub.stock import ledger
+from warelink.hub.stock import sites as queries
+from warelink.hub.stock.ledger import Leg
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 

@@ -10,10 +10,10 @@ import psycopg
 import structlog
 import uvicorn
 
-from warelink.hub import ledger
 from warelink.hub.app import create_app
 from warelink.hub.migrate import migrate as apply_migrations
 from warelink.hub.settings import HubSettings
+from warelink.hub.stock import ledger
 
 log = structlog.get_logger(__name__)
 
@@ -82,8 +82,8 @@ def user(args: argparse.Namespace) -> int:
 async def _add_user(args: argparse.Namespace, password: str, settings: HubSettings) -> None:
     from psycopg import AsyncConnection
 
-    from warelink.hub import auth, identities
     from warelink.hub.access import Principal, Role
+    from warelink.hub.identity import auth, identities
 
     # The command line acts with every right: whoever runs it can reach the database anyway.
     operator = Principal(id="cli", kind="service", roles=frozenset({Role.ADMIN}), sites=None)

@@ -2,7 +2,7 @@
 
 Pure (no I/O): text in, typed rows and line-by-line errors out; rows in, text out. What
 needs the database (unknown unit, site, zone or SKU; duplicates against stored rows) is
-checked in ``warelink.hub.masterdata``. The same value checks back the REST models, so a
+checked in ``warelink.hub.masterdata.records``. The same value checks back the REST models, so a
 cell and a JSON field are held to one rule.
 
 A cell left empty takes the column's default (``None`` where the column may be empty);

@@ -6,16 +6,23 @@ from fastapi import APIRouter
 
 from warelink.hub.api import (
     analytics,
+    commands,
     exceptions,
     identities,
     inbound,
+    live,
     masterdata,
+    ops,
     outbound,
     quarantine,
+    sites,
     stock_control,
 )
 
 ROUTERS: list[APIRouter] = [
+    sites.router,
+    commands.router,
+    live.router,
     identities.router,
     masterdata.router,
     inbound.router,
@@ -25,3 +32,4 @@ ROUTERS: list[APIRouter] = [
     analytics.router,
     quarantine.router,
 ]
+OPS_ROUTERS: list[APIRouter] = [ops.router]  # at the root, not under /api/v1

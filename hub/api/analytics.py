@@ -10,15 +10,16 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection
 
-from warelink.hub import analytics, queries
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, HubDep, IsoDate, IsoDatetime
 from warelink.hub.api.fields import SiteId, SitePath
 from warelink.hub.api.problems import errors
 from warelink.hub.errors import NotFound
+from warelink.hub.reports import analytics
+from warelink.hub.stock import sites as queries
 
 if TYPE_CHECKING:
-    from warelink.hub.app import Hub
+    from warelink.hub.api.state import Hub
 
 router = APIRouter(tags=["analytics"])
 

@@ -28,13 +28,13 @@ from pydantic import AfterValidator, BeforeValidator
 from starlette.requests import HTTPConnection
 
 from warelink.hub.access import Permission, Principal
-from warelink.hub.auth import AuthError, MustWait, WrongCredential
+from warelink.hub.identity.auth import AuthError, MustWait, WrongCredential
 from warelink.protocol import limits
 
 log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
-    from warelink.hub.app import Hub
+    from warelink.hub.api.state import Hub
 
 
 def get_hub(request: Request) -> Hub:
@@ -222,6 +222,11 @@ IsoDatetime = Annotated[dt.datetime, BeforeValidator(_iso_8601), AfterValidator(
 time); one without an offset is UTC."""
 IsoDate = Annotated[dt.date, BeforeValidator(_iso_8601)]
 """A day query parameter in ISO 8601 (``2026-11-25``), not a number."""
+
+
+def json_response(data: Any, status_code: int = 200) -> Response:
+    """Prebuilt bytes: orjson is several times faster than FastAPI's encoder."""
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
 def fingerprint(payload: Any) -> str:

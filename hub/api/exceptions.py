@@ -13,7 +13,6 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from warelink.hub import exceptions
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
 from warelink.hub.api.fields import (
@@ -28,8 +27,9 @@ from warelink.hub.api.fields import (
 )
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.api.stock_control import Limit, Offset
-from warelink.hub.counts import require_internal_location
-from warelink.hub.queries import require_site
+from warelink.hub.operations.counts import require_internal_location
+from warelink.hub.stock import exceptions
+from warelink.hub.stock.sites import require_site
 
 router = APIRouter(tags=["exceptions"])
 

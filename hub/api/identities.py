@@ -16,7 +16,6 @@ from fastapi.security import OAuth2PasswordRequestForm
 from psycopg import AsyncConnection
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
-from warelink.hub import audit, audit_search, auth, identities
 from warelink.hub.access import ROLE_PERMISSIONS, Permission, Principal, Role
 from warelink.hub.api.deps import (
     Allow,
@@ -31,10 +30,12 @@ from warelink.hub.api.deps import (
 )
 from warelink.hub.api.fields import Name, SiteId, SiteQuery
 from warelink.hub.api.problems import errors
+from warelink.hub.identity import audit_search, auth, identities
+from warelink.hub.stock import audit
 from warelink.protocol import limits
 
 if TYPE_CHECKING:
-    from warelink.hub.app import Hub
+    from warelink.hub.api.state import Hub
 
 router = APIRouter(tags=["identities"])
 

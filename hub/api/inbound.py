@@ -15,7 +15,6 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, Field
 
-from warelink.hub import inbound, putaway, transfers
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
 from warelink.hub.api.fields import (
@@ -33,6 +32,7 @@ from warelink.hub.api.fields import (
 )
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.errors import Forbidden
+from warelink.hub.operations import inbound, putaway, transfers
 
 router = APIRouter(tags=["inbound"])
 

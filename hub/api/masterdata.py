@@ -18,12 +18,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from warelink.hub import csvio, masterdata, queries
+from warelink.hub import csvio
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
 from warelink.hub.api.fields import CodePath, SiteId, SitePath, SiteQuery
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
 from warelink.hub.errors import Forbidden, Invalid
+from warelink.hub.masterdata import records as masterdata
+from warelink.hub.stock import sites as queries
 from warelink.protocol.limits import CODE_MAX, NAME_MAX
 
 router = APIRouter(tags=["master data"])

@@ -1,6 +1,6 @@
 """REST routes: outbound — release orders, pick tasks, pick, cancel, verify, ship.
 
-Thin: validate, call ``warelink.hub.outbound`` / ``warelink.hub.verification`` inside
+Thin: validate, call ``hub.operations.outbound`` or ``hub.operations.verification`` inside
 ``Idempotent`` for writes, answer with the models below.
 """
 
@@ -15,7 +15,6 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from warelink.hub import outbound, queries
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
 from warelink.hub.api.fields import (
@@ -33,7 +32,9 @@ from warelink.hub.api.fields import (
 )
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.errors import Forbidden
-from warelink.hub.verification import record_verification
+from warelink.hub.operations import outbound
+from warelink.hub.operations.verification import record_verification
+from warelink.hub.stock import sites as queries
 
 router = APIRouter(tags=["outbound"])
 

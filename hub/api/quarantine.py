@@ -13,11 +13,11 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from warelink.hub import quarantine
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
 from warelink.hub.api.fields import Reference, ReferencePath, SiteId, SiteQuery, Text
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
+from warelink.hub.ingest import quarantine
 
 router = APIRouter(tags=["quarantine"])
 

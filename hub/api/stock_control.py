@@ -14,7 +14,6 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer
 
-from warelink.hub import adjustments, counts
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, Conn, HubDep, IdempotencyKey, Idempotent
 from warelink.hub.api.fields import (
@@ -28,6 +27,7 @@ from warelink.hub.api.fields import (
     Text,
 )
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
+from warelink.hub.operations import adjustments, counts
 
 router = APIRouter(tags=["stock control"])
 

@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 from tests.support.api import Api
-from warelink.hub import ledger
+from warelink.hub.stock import ledger
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -28,9 +28,9 @@ import pytest
 from psycopg import AsyncConnection
 
 from tests.support.api import Api
-from warelink.hub import ledger
 from warelink.hub.access import Role
-from warelink.hub.ledger import Leg
+from warelink.hub.stock import ledger
+from warelink.hub.stock.ledger import Leg
 from warelink.protocol.messages import DeviceState, DeviceStatus
 
 

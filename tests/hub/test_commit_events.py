@@ -12,7 +12,7 @@ import pytest
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_dumps
 
-from warelink.hub.commit import IncomingBatch, commit_events
+from warelink.hub.ingest.commit import IncomingBatch, commit_events
 from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import Event, EventBody, Receipt, TrafficClass, WeightReading
 

@@ -15,8 +15,8 @@ from tests.hub.stock_setup import (
     receipt,
 )
 from tests.support.api import Api
-from warelink.hub import counts
 from warelink.hub.access import Role
+from warelink.hub.operations import counts
 
 
 async def _exception(api: Api, count_id: int) -> tuple[str, dict[str, object]] | None:

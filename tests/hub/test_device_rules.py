@@ -12,8 +12,8 @@ import pytest
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_dumps
 
-from warelink.hub import outbound
-from warelink.hub.commit import IncomingBatch, commit_events
+from warelink.hub.ingest.commit import IncomingBatch, commit_events
+from warelink.hub.operations import outbound
 from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import (
     Count,

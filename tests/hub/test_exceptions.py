@@ -6,8 +6,8 @@ from decimal import Decimal
 
 from tests.hub.stock_setup import NOW, make_site, post
 from tests.support.api import Api
-from warelink.hub import ledger
 from warelink.hub.access import Role
+from warelink.hub.stock import ledger
 
 
 async def test_a_floor_report_from_raising_to_resolution(api: Api) -> None:

@@ -37,10 +37,12 @@ from websockets.exceptions import ConnectionClosed
 from tests.hub.stock_setup import make_site, post, receipt
 from tests.support.api import Api, running_api
 from tests.support.services import free_port
-from warelink.hub import ledger, roles_doc
+from warelink.hub import roles_doc
 from warelink.hub.access import Role
-from warelink.hub.app import Hub, create_app
+from warelink.hub.api.state import Hub
+from warelink.hub.app import create_app
 from warelink.hub.settings import HubSettings
+from warelink.hub.stock import ledger
 
 PASSWORD = "correct horse battery"
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.support.api import Api
-from warelink.hub import ledger
 from warelink.hub.access import Role
+from warelink.hub.stock import ledger
 from warelink.protocol.gs1 import check_digit
 
 GTIN_PLAIN = "04006381333931"

@@ -15,8 +15,8 @@ import pytest
 from psycopg import AsyncConnection
 
 from tests.support.cli import warelink
-from warelink.hub import ledger
-from warelink.hub.ledger import ADJUSTMENT, CUSTOMER, SUPPLIER, Leg
+from warelink.hub.stock import ledger
+from warelink.hub.stock.ledger import ADJUSTMENT, CUSTOMER, SUPPLIER, Leg
 
 T0 = dt.datetime(2026, 11, 25, 8, tzinfo=dt.UTC)
 

@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from warelink.hub import ledger
-from warelink.hub.ledger import CUSTOMER, SUPPLIER, Leg
+from warelink.hub.stock import ledger
+from warelink.hub.stock.ledger import CUSTOMER, SUPPLIER, Leg
 
 WRITERS = 8
 TRANSACTIONS = 40

@@ -40,10 +40,10 @@ from hypothesis.stateful import (
 from psycopg.types.json import set_json_dumps
 
 from tests.support.api import Api, running_api
-from warelink.hub import ledger
 from warelink.hub.access import Role
-from warelink.hub.commit import IncomingBatch, commit_events
+from warelink.hub.ingest.commit import IncomingBatch, commit_events
 from warelink.hub.settings import HubSettings
+from warelink.hub.stock import ledger
 from warelink.protocol.ids import new_event_id
 from warelink.protocol.messages import Event, EventBody, Movement, Receipt, Shipment, TrafficClass
 

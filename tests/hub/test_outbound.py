@@ -11,9 +11,9 @@ import httpx
 from psycopg import AsyncConnection
 
 from tests.support.api import Api
-from warelink.hub import ledger
 from warelink.hub.access import Role
-from warelink.hub.verification import record_verification
+from warelink.hub.operations.verification import record_verification
+from warelink.hub.stock import ledger
 
 SITE = "north"
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from warelink.hub import auth
 from warelink.hub.access import Role
-from warelink.hub.app import Hub, create_app
+from warelink.hub.api.state import Hub
+from warelink.hub.app import create_app
+from warelink.hub.identity import auth
 from warelink.hub.settings import HubSettings
 
 

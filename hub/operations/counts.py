@@ -22,9 +22,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from warelink.hub import audit, exceptions, ledger
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
-from warelink.hub.queries import require_site
+from warelink.hub.stock import audit, exceptions, ledger
+from warelink.hub.stock.sites import require_site
 
 STATES = ("open", "counted", "recount", "approved", "rejected")
 # what each step needs the count to be in, and what it leaves it in

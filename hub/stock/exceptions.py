@@ -16,9 +16,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from warelink.hub import audit
 from warelink.hub.access import ROLE_PERMISSIONS, Permission, Role
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
+from warelink.hub.stock import audit
 
 
 @dataclass(frozen=True)

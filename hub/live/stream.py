@@ -21,8 +21,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from warelink.hub.commit import FlushResult
-from warelink.hub.store import BalanceChange
+from warelink.hub.ingest.commit import FlushResult
+from warelink.hub.stock.balances import BalanceChange
 from warelink.protocol.messages import Event
 
 CLIENT_QUEUE = 1000  # frames waiting for one client at most

@@ -20,9 +20,9 @@ from typing import Any, Literal, LiteralString
 from psycopg import AsyncConnection, errors, sql
 from psycopg.rows import dict_row
 
-from warelink.hub import audit
 from warelink.hub.csvio import Entity, LineError, Row, row_checks, sgtin_of
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
+from warelink.hub.stock import audit
 
 Mode = Literal["upsert", "create"]
 Scope = frozenset[str] | None  # the sites a principal may act on; None: every site

@@ -16,17 +16,17 @@ from decimal import Decimal
 
 from psycopg import AsyncConnection
 
-from warelink.hub import audit, ledger
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
-from warelink.hub.inbound import (
+from warelink.hub.operations.inbound import (
     check_tracking,
     find_sku,
     now,
     post_from_stock,
     require_location,
 )
-from warelink.hub.ledger import TRANSIT, Leg
-from warelink.hub.queries import require_site
+from warelink.hub.stock import audit, ledger
+from warelink.hub.stock.ledger import TRANSIT, Leg
+from warelink.hub.stock.sites import require_site
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 import msgspec
 from psycopg import AsyncConnection
@@ -33,18 +32,6 @@ class GatewayMark:
     acked_seq: int
     max_seq: int
     early_ranges: list[list[int]]
-
-
-@dataclass(frozen=True)
-class BalanceChange:
-    site: str
-    location: str
-    sku: str
-    lot: str
-    quantity: Decimal
-    serial: str = ""
-    lpn: str = ""
-    status: str = "available"
 
 
 def event_rows(site: str, events: Iterable[Event], received_at: dt.datetime) -> list[Row]:

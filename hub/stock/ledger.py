@@ -28,8 +28,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from warelink.hub import exceptions
-from warelink.hub.store import BalanceChange
+from warelink.hub.stock import exceptions
+from warelink.hub.stock.balances import BalanceChange
 
 SUPPLIER, CUSTOMER, ADJUSTMENT, SCRAP, TRANSIT = (
     "SUPPLIER", "CUSTOMER", "ADJUSTMENT", "SCRAP", "TRANSIT",

@@ -29,8 +29,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from warelink.hub import audit
 from warelink.hub.access import Principal, Role
+from warelink.hub.stock import audit
 
 log = structlog.get_logger(__name__)
 

@@ -15,9 +15,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from warelink.hub import audit, auth
 from warelink.hub.access import Permission, Principal, Role
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
+from warelink.hub.identity import auth
+from warelink.hub.stock import audit
 
 IDENTITY_PATTERN = r"^[a-z0-9][a-z0-9._@-]{0,63}$"  # as the identities table checks
 MIN_PASSWORD = 12

@@ -14,50 +14,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, Field, field_validator
 
-from warelink.hub.api.fields import Code, Key
-from warelink.protocol.limits import ARGS_BYTES_MAX, ARGS_DEPTH_MAX, args_problem
 from warelink.protocol.messages import Command
 
 OPEN_FOR = dt.timedelta(hours=24)  # a command without an expiry still ends somewhere
-
-
-class CommandRequest(BaseModel):
-    action: Code = Field(examples=["zero"])
-    args: dict[Code, Any] = Field(
-        {},
-        description=f"Nested at most {ARGS_DEPTH_MAX} deep, at most {ARGS_BYTES_MAX} bytes"
-        " (msgpack); no NUL, NaN or infinity.",
-    )
-    key: Key | None = Field(None, description="Idempotency key; one is made if absent.")
-    expires_in_s: float | None = Field(
-        None, gt=0, le=OPEN_FOR.total_seconds(), allow_inf_nan=False,
-        description="Not run after this (default 24 h).",
-    )  # fmt: skip
-
-    @field_validator("args")
-    @classmethod
-    def _bounded(cls, args: dict[str, Any]) -> dict[str, Any]:
-        """As the edge's decoder bounds them (and as jsonb holds them)."""
-        if problem := args_problem(args):
-            raise ValueError(problem)
-        return args
-
-
-class CommandInfo(BaseModel):
-    key: str
-    site: str
-    gateway: str
-    device: str
-    action: str
-    args: dict[str, Any]
-    expires_at: dt.datetime | None
-    created_at: dt.datetime
-    sent_count: int
-    outcome: str | None
-    detail: str
-    finished_at: dt.datetime | None
 
 
 class CommandConflict(Exception):
@@ -73,17 +33,26 @@ async def device_gateway(site: str, device: str, *, conn: AsyncConnection) -> st
 
 
 async def create(
-    site: str, gateway: str, device: str, request: CommandRequest, *, conn: AsyncConnection
+    site: str,
+    gateway: str,
+    device: str,
+    *,
+    action: str,
+    args: dict[str, Any],
+    key: str | None = None,
+    expires_in_s: float | None = None,
+    conn: AsyncConnection,
 ) -> dict[str, Any]:
-    key = request.key or uuid.uuid4().hex
+    """Store a command (a key made if none given); the stored one if the key is known."""
+    key = key or uuid.uuid4().hex
     expires = dt.datetime.now(dt.UTC) + (
-        dt.timedelta(seconds=request.expires_in_s) if request.expires_in_s else OPEN_FOR
+        dt.timedelta(seconds=expires_in_s) if expires_in_s else OPEN_FOR
     )
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "INSERT INTO commands (key, site, gateway, device, action, args, expires_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING *",
-        (key, site, gateway, device, request.action, Jsonb(request.args), expires),
+        (key, site, gateway, device, action, Jsonb(args), expires),
     )
     row = await cur.fetchone()
     if row is not None:
@@ -91,7 +60,7 @@ async def create(
     existing = await get(key, conn=conn)
     assert existing is not None
     same = (existing["site"], existing["device"], existing["action"], existing["args"]) == (
-        site, device, request.action, request.args,
+        site, device, action, args,
     )  # fmt: skip
     if not same:
         raise CommandConflict(f"command key {key!r} is taken by another command")

@@ -17,10 +17,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from warelink.hub import audit, ledger
-from warelink.hub.counts import require_internal_location, require_skus
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
-from warelink.hub.queries import require_site
+from warelink.hub.operations.counts import require_internal_location, require_skus
+from warelink.hub.stock import audit, ledger
+from warelink.hub.stock.sites import require_site
 
 
 @dataclass(frozen=True)

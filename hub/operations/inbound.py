@@ -17,10 +17,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from warelink.hub import audit, ledger
 from warelink.hub.errors import Conflict, Invalid, NotFound
-from warelink.hub.ledger import CUSTOMER, SCRAP, SUPPLIER, VIRTUAL, BalanceKey, Leg, Posted
-from warelink.hub.queries import require_site
+from warelink.hub.stock import audit, ledger
+from warelink.hub.stock.ledger import CUSTOMER, SCRAP, SUPPLIER, VIRTUAL, BalanceKey, Leg, Posted
+from warelink.hub.stock.sites import require_site
 from warelink.protocol.gs1 import is_valid_check_digit
 
 

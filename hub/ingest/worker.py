@@ -29,8 +29,14 @@ from paho.mqtt.properties import Properties
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_dumps
 
-from warelink.hub import commands, quarantine, store
-from warelink.hub.commit import FlushResult, IncomingBatch, Malformed, commit_events, decode_events
+from warelink.hub.ingest import commands, quarantine, store
+from warelink.hub.ingest.commit import (
+    FlushResult,
+    IncomingBatch,
+    Malformed,
+    commit_events,
+    decode_events,
+)
 from warelink.hub.settings import HubSettings
 from warelink.protocol import limits, wire
 from warelink.protocol.backoff import Backoff

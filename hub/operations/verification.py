@@ -22,8 +22,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from warelink.hub import audit, exceptions, outbound
 from warelink.hub.errors import NotFound
+from warelink.hub.operations import outbound
+from warelink.hub.stock import audit, exceptions
 
 
 async def record_verification(

@@ -15,9 +15,8 @@ from decimal import Decimal
 
 from psycopg import AsyncConnection
 
-from warelink.hub import audit
 from warelink.hub.errors import Invalid
-from warelink.hub.inbound import (
+from warelink.hub.operations.inbound import (
     check_tracking,
     find_sku,
     jsonable,
@@ -25,8 +24,9 @@ from warelink.hub.inbound import (
     post_from_stock,
     require_location,
 )
-from warelink.hub.ledger import Leg
-from warelink.hub.queries import require_site
+from warelink.hub.stock import audit
+from warelink.hub.stock.ledger import Leg
+from warelink.hub.stock.sites import require_site
 
 
 @dataclass(frozen=True)

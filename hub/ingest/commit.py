@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from psycopg import AsyncConnection
 
-from warelink.hub import device_rules, quarantine, store
+from warelink.hub.ingest import device_rules, quarantine, store
+from warelink.hub.stock.balances import BalanceChange
 from warelink.protocol import limits, wire
 from warelink.protocol.delivery import Coverage
 from warelink.protocol.errors import DecodeError
@@ -48,7 +49,7 @@ class FlushResult:
     acks: dict[str, tuple[str, int]] = field(default_factory=dict)  # gateway → (site, seq)
     gaps: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # → (site, from, to)
     events: list[tuple[str, list[Event]]] = field(default_factory=list)  # new, per gateway
-    balances: list[store.BalanceChange] = field(default_factory=list)
+    balances: list[BalanceChange] = field(default_factory=list)
     committed: int = 0
     duplicates: int = 0
     rejected: int = 0  # events under a site their gateway does not belong to

@@ -19,8 +19,9 @@ import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from warelink.hub import audit, device_rules, store
 from warelink.hub.errors import Conflict, NotFound
+from warelink.hub.ingest import device_rules, store
+from warelink.hub.stock import audit
 from warelink.protocol import limits, wire
 from warelink.protocol.errors import DecodeError
 from warelink.protocol.wire import BadEvent

@@ -29,9 +29,10 @@ import psycopg
 import structlog
 from psycopg import AsyncConnection
 
-from warelink.hub import counts, exceptions, inbound, ledger, outbound, verification
 from warelink.hub.errors import RequestError
-from warelink.hub.ledger import CUSTOMER, SUPPLIER, Leg, Posted
+from warelink.hub.operations import counts, inbound, outbound, verification
+from warelink.hub.stock import exceptions, ledger
+from warelink.hub.stock.ledger import CUSTOMER, SUPPLIER, Leg, Posted
 from warelink.protocol.messages import (
     Count,
     Event,

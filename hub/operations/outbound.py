@@ -21,10 +21,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from warelink.hub import audit, ledger
 from warelink.hub.errors import Conflict, Invalid, NotFound
-from warelink.hub.ledger import CUSTOMER, Leg
-from warelink.hub.queries import require_site
+from warelink.hub.stock import audit, ledger
+from warelink.hub.stock.ledger import CUSTOMER, Leg
+from warelink.hub.stock.sites import require_site
 
 ZERO = Decimal(0)
 PICKABLE_ZONE_KINDS = ("storage",)  # besides locations in no zone

@@ -1,0 +1,1 @@
+"""Who may do what: identities, credentials and the audit search over them."""

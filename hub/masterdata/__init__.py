@@ -1,0 +1,1 @@
+"""Master data: items, locations, partners; their CSV import and export."""

@@ -1,0 +1,1 @@
+"""Read models for analysts and managers: KPIs per site, CSV exports."""
