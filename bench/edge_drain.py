@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import signal
@@ -165,9 +164,6 @@ async def main(args: argparse.Namespace) -> None:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
             )
-        with contextlib.suppress(aiomqtt.MqttError):
-            async with aiomqtt.Client("127.0.0.1", 1883) as client:
-                await client.publish(Topics(prefix).hub_presence(), b"", qos=1, retain=True)
     drain_rate = args.events / drained_s
     print(f"\n{'figure':<44}{'value':>16}")
     print(f"{'backlog drained (events acked/s)':<44}{drain_rate:>16,.0f}")

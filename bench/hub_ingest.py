@@ -302,7 +302,7 @@ async def part_b(url: str, args: argparse.Namespace, raw: float | None) -> tuple
 
     async def hub_online() -> None:
         async with aiomqtt.Client(args.mqtt_host, args.mqtt_port) as watcher:
-            await watcher.subscribe(topics.hub_presence(), qos=1)
+            await watcher.subscribe(topics.all_hub_presence(), qos=1)
             async for message in watcher.messages:
                 payload = message.payload
                 if isinstance(payload, bytes) and payload:
@@ -323,9 +323,7 @@ async def part_b(url: str, args: argparse.Namespace, raw: float | None) -> tuple
                 started.set()
     finally:
         hub_task.cancel()
-        await asyncio.gather(hub_task, return_exceptions=True)
-        async with aiomqtt.Client(args.mqtt_host, args.mqtt_port) as client:
-            await client.publish(topics.hub_presence(), b"", qos=1, retain=True)
+        await asyncio.gather(hub_task, return_exceptions=True)  # it clears its presence
     elapsed = max(done_at.values()) - first_publish[0]
     rate = total / elapsed
     async with await connect(url) as conn:

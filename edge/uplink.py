@@ -1,12 +1,14 @@
 """The uplink: drains the outbox to the broker; only the hub's ack moves the watermark.
 
-Sends batches of stored events (QoS 1) while the hub is present (its retained presence
-says so) and fewer than ``window_events`` are unacked: flow control by the hub's acks,
+Sends batches of stored events (QoS 1) while the hub is present (any hub instance's
+retained presence says so, or its acks keep coming) and fewer than ``window_events`` are
+unacked: flow control by the hub's acks,
 not by the broker's PUBACK. Each batch covers a contiguous seq range, holes included
 (telemetry dropped over budget). Resends from the watermark after a reconnect, when the
 hub comes back, or when acks stop coming (``ack_timeout_s``); answers the hub's replay
 requests from the outbox. The hub applies each (gateway, seq) at most once, so a resend
-never doubles anything.
+never doubles anything. An instance that leaves while others stay may have taken
+batches with it: everything unacked is sent again at once, to the instances that stay.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class Uplink:
         self._rewinds = 0
         self._last_progress = time.monotonic()
         self._wake = asyncio.Event()
+        self._hubs: set[str] = set()  # hub instances whose presence is up
+        self._acked_at = -1e9  # monotonic time of the last ack: a hub that acks is alive
 
     def _topic(self, kind: Kind) -> str:
         return self.topics.gateway(self.config.site, self.config.id, kind)
@@ -113,6 +117,8 @@ class Uplink:
             finally:
                 self.stats.connected = False
                 self.stats.hub_online = False
+                self._hubs.clear()  # retained presence comes again on the next subscribe
+                self._acked_at = -1e9
             await asyncio.sleep(backoff.next_delay())
 
     async def _session(self, backoff: Backoff) -> None:
@@ -139,7 +145,7 @@ class Uplink:
             self.log.info("uplink.connected", session=session, acked_seq=self.acked)
             for kind in (Kind.ACK, Kind.REPLAY, Kind.COMMAND):
                 await client.subscribe(self._topic(kind), qos=1)
-            await client.subscribe(self.topics.hub_presence(), qos=1)
+            await client.subscribe(self.topics.all_hub_presence(), qos=1)
             self._session_no = session
             await self._announce(client)
             self._rewind(self.acked)
@@ -173,6 +179,10 @@ class Uplink:
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload
+            instance = self.topics.presence_instance(str(message.topic))
+            if instance is not None and not payload:  # an instance's presence cleared
+                await self._presence(client, instance, online=False)
+                continue
             if not isinstance(payload, bytes | bytearray):
                 self._bad_message(str(message.topic), "not a binary payload")
                 continue
@@ -196,15 +206,33 @@ class Uplink:
             elif isinstance(decoded, Command):
                 if self.on_command is not None:
                     self.on_command(decoded)
-            elif isinstance(decoded, HubPresence):
-                was = self.stats.hub_online
-                self.stats.hub_online = decoded.online
-                if decoded.online and not was:
-                    self.log.info("uplink.hub_online", instance=decoded.instance)
-                    await self._announce(client)  # a hub that was away hears the birth again
-                    self._rewind(self.acked)
-                elif was and not decoded.online:
-                    self.log.warning("uplink.hub_offline")
+            elif isinstance(decoded, HubPresence) and instance is not None:
+                await self._presence(client, instance, online=decoded.online)
+            else:
+                self._bad_message(str(message.topic), f"unexpected {type(decoded).__name__}")
+
+    async def _presence(self, client: aiomqtt.Client, instance: str, *, online: bool) -> None:
+        """One hub instance came or went; the hub is present while any instance is."""
+        was = self.stats.hub_online
+        if online:
+            self._hubs.add(instance)
+        elif instance in self._hubs:
+            self._hubs.discard(instance)
+            if self._hubs:  # it may have held batches that will never be acked: resend
+                self.log.info("uplink.hub_instance_gone", instance=instance,
+                              remaining=len(self._hubs))  # fmt: skip
+                self._rewind(self.acked)
+        self.stats.hub_online = bool(self._hubs) or self._acks_recent()
+        if self.stats.hub_online and not was:
+            self.log.info("uplink.hub_online", instance=instance)
+            await self._announce(client)  # a hub that was away hears the birth again
+            self._rewind(self.acked)
+        elif was and not self.stats.hub_online:
+            self.log.warning("uplink.hub_offline")
+
+    def _acks_recent(self) -> bool:
+        """Acks are liveness too: a hub whose presence we missed still answers."""
+        return time.monotonic() - self._acked_at < self.config.ack_timeout_s
 
     def _bad_message(self, topic: str, error: str) -> None:
         """Ignore it and count it; logged the first time and every thousandth."""
@@ -221,6 +249,7 @@ class Uplink:
             session=self._session_no,
             last_seq=self.outbox.last_seq,
             devices=self.devices,
+            outbox=self.outbox.outbox_id,
         )
         self._birth_answered = False
         self._announced_at = time.monotonic()
@@ -228,6 +257,8 @@ class Uplink:
 
     async def _on_ack(self, seq: int) -> None:
         self.stats.acks_received += 1
+        self._acked_at = time.monotonic()
+        self.stats.hub_online = True
         if not self._birth_answered:
             # The hub answers a birth with its watermark. Below ours, it lacks what we
             # hold as acked (its database was restored), or our outbox is new and starts
@@ -259,6 +290,9 @@ class Uplink:
         max_wait = self.config.batch_max_wait_ms / 1000
         while True:
             last = self.outbox.last_seq
+            if self.stats.hub_online and not self._hubs and not self._acks_recent():
+                self.stats.hub_online = False  # no instance's presence, no acks lately
+                self.log.warning("uplink.hub_offline")
             ready = (
                 self.stats.hub_online
                 and self._birth_answered
@@ -311,6 +345,7 @@ class Uplink:
             last_seq=covered,
             sent_at=dt.datetime.now(dt.UTC),
             events=[msgspec.Raw(payload) for _, payload in rows],
+            outbox=self.outbox.outbox_id,
         )
         await client.publish(self._topic(Kind.EVENTS), wire.encode(batch), qos=1)
         if after <= self.acked:

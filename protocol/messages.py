@@ -285,6 +285,7 @@ class EventBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_fie
     last_seq: Seq
     sent_at: Timestamp
     events: list[msgspec.Raw]
+    outbox: OptCode = ""  # the identity of the outbox the events come from (Birth.outbox)
 
 
 class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack", tag_field="k"):
@@ -320,6 +321,9 @@ class Birth(msgspec.Struct, frozen=True, kw_only=True, tag="birth", tag_field="k
     last_seq: SeqOrZero
     devices: DeviceIds = []
     version: OptCode = ""
+    # The outbox's identity, made with it and kept in it: seqs are unique within one
+    # outbox only, so the hub acks a seq only for the outbox that sent it.
+    outbox: OptCode = ""
 
 
 class Death(msgspec.Struct, frozen=True, kw_only=True, tag="death", tag_field="k"):
@@ -330,7 +334,11 @@ class Death(msgspec.Struct, frozen=True, kw_only=True, tag="death", tag_field="k
 
 
 class HubPresence(msgspec.Struct, frozen=True, kw_only=True, tag="presence", tag_field="k"):
-    """The hub's availability, published retained; ``online=False`` is its Will."""
+    """A hub instance is up, published retained on its own presence topic.
+
+    The instance's Will (and its clean stop) clears that topic with an empty retained
+    message; ``online=False`` says the same in words.
+    """
 
     online: bool
     instance: OptCode = ""

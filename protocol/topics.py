@@ -1,7 +1,9 @@
 """MQTT topic names of the edge ↔ hub session.
 
 ``{prefix}/v1/{site}/{gateway}/{kind}`` for a gateway's traffic and
-``{prefix}/v1/hub/presence`` for the hub's. The prefix (default ``warelink``) lets
+``{prefix}/v1/$hub/presence/{instance}`` for each hub instance's: retained while the
+instance is up, cleared (an empty retained message, its Will too) when it stops, so a
+gateway sees the hub as present while any instance is. The prefix (default ``warelink``) lets
 several deployments, or test runs, share one broker.
 """
 
@@ -58,8 +60,21 @@ class Topics(msgspec.Struct, frozen=True):
     def gateway(self, site: str, gateway: str, kind: Kind) -> str:
         return f"{self.prefix}/{VERSION}/{site}/{gateway}/{kind.value}"
 
-    def hub_presence(self) -> str:
-        return f"{self.prefix}/{VERSION}/{HUB_SEGMENT}/presence"
+    def hub_presence(self, instance: str) -> str:
+        """One hub instance's presence (an instance id is a topic level: check_name)."""
+        return f"{self.prefix}/{VERSION}/{HUB_SEGMENT}/presence/{instance}"
+
+    def all_hub_presence(self) -> str:
+        """Subscription filter for the presence of every hub instance."""
+        return f"{self.prefix}/{VERSION}/{HUB_SEGMENT}/presence/+"
+
+    def presence_instance(self, topic: str) -> str | None:
+        """The instance a presence topic speaks for; None if it is not one."""
+        head = f"{self.prefix}/{VERSION}/{HUB_SEGMENT}/presence/"
+        if not topic.startswith(head):
+            return None
+        instance = topic[len(head) :]
+        return instance if _NAME.match(instance) else None
 
     def all_gateways(self, kind: Kind) -> str:
         """Subscription filter for one kind of every gateway of every site."""

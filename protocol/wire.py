@@ -19,6 +19,7 @@ from warelink.protocol.limits import (
     MESSAGE_BYTES_MAX,
     SEQ_MAX,
     Id,
+    OptCode,
     Seq,
     Session,
     Timestamp,
@@ -53,6 +54,7 @@ class DecodedBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_f
     last_seq: Seq
     sent_at: Timestamp
     events: Annotated[list[Event], msgspec.Meta(max_length=BATCH_EVENTS_MAX)]
+    outbox: OptCode = ""
 
 
 class RawBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_field="k"):
@@ -64,6 +66,7 @@ class RawBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_field
     last_seq: Seq
     sent_at: Timestamp
     events: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=BATCH_EVENTS_MAX)]
+    outbox: OptCode = ""
 
 
 @dataclass(frozen=True)

@@ -171,8 +171,10 @@ class Ingest:
             await asyncio.sleep(backoff.next_delay())
 
     async def _session(self, backoff: Backoff) -> None:
-        presence = self.topics.hub_presence()
-        gone = wire.encode(HubPresence(online=False, instance=self.instance))
+        # This instance's own presence: its Will clears it (an empty retained message),
+        # so a stopped or killed instance never speaks for the others.
+        presence = self.topics.hub_presence(self.instance)
+        gone = b""
         conn = await psycopg.AsyncConnection.connect(self.settings.db_url, autocommit=True)
         set_json_dumps(msgspec.json.encode, context=conn)
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -203,7 +205,8 @@ class Ingest:
             try:
                 await self._consume(client, conn)
             except BaseException:
-                # Stopping, or the database went away: tell the gateways to hold on.
+                # Stopping, or the database went away: this instance is gone; gateways
+                # keep sending to the others, if any.
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(1):
                         await asyncio.shield(client.publish(presence, gone, qos=1, retain=True))

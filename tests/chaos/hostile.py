@@ -461,7 +461,7 @@ class Deployment:
     async def _clean_up(self) -> None:
         with contextlib.suppress(aiomqtt.MqttError):  # the hub's retained presence
             async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as client:
-                await client.publish(self.topics.hub_presence(), b"", qos=1, retain=True)
+                await client.publish(self.topics.hub_presence("forged"), b"", qos=1, retain=True)
 
         def drop() -> None:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -796,9 +796,9 @@ class GatewayMqttStorm(MqttStorm):
             ("command-huge-args", command, lambda: wire.encode(Command(
                 key=key, device="nope", action="print", args={"blob": "x" * 70_000}))),
             ("command-garbage", command, lambda: rng.randbytes(rng.randint(1, 300))),
-            ("presence-garbage", self.d.topics.hub_presence(), lambda: wire.encode(
+            ("presence-garbage", self.d.topics.hub_presence("forged"), lambda: wire.encode(
                 HubPresence(online=True, instance="x")).replace(b"\xa1x", b"\xa1\xff")),
-            ("presence-nested", self.d.topics.hub_presence(), lambda: DEEP),
+            ("presence-nested", self.d.topics.hub_presence("forged"), lambda: DEEP),
         ]  # fmt: skip
         if rng.random() < 0.01:
             return "command-oversized-1-3MB", command, rng.randbytes(rng.randint(1, 3) * MB)
@@ -1033,7 +1033,7 @@ class Hostile:
             """What the gateway's own topics carried, decoded as the gateway decodes them."""
             topics = [d.topics.gateway(CANARY_SITE, CANARY_GW, k) for k in GATEWAY_KINDS]
             async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as mq:
-                for topic in [*topics, d.topics.hub_presence()]:
+                for topic in [*topics, d.topics.all_hub_presence()]:
                     await mq.subscribe(topic, qos=1)
                 listening.set()
                 spying = asyncio.create_task(self._spy(mq), name="hostile-spy")

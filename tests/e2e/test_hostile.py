@@ -322,7 +322,7 @@ async def test_the_gateway_survives_garbage_on_its_topics_and_refuses_bad_reques
             )
             assert response.status_code == 422, response.text
         # Garbage retained where the hub's presence belongs: every gateway reads it at start.
-        presence = topics.hub_presence()
+        presence = topics.hub_presence("forged")
         retained = wire.encode(HubPresence(online=True, instance="x")).replace(b"x", b"\xff")
         await mq.publish(presence, retained, qos=1, retain=True)
         fresh = Gateway(site_config(tmp_path, site="site-fresh", gateway="gw-fresh"),

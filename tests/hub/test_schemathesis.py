@@ -12,13 +12,11 @@ the module's app (``from_fixture`` does not work with pytest 9 in schemathesis 4
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import aiomqtt
 import psycopg
 import pytest
 import schemathesis
@@ -37,7 +35,6 @@ from schemathesis.specs.openapi.checks import (
 from warelink.hub.app import create_app
 from warelink.hub.migrate import migrate
 from warelink.hub.settings import HubSettings
-from warelink.protocol.topics import Topics
 
 PG_ADMIN_URL = os.environ.get("WARELINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 MQTT_HOST = os.environ.get("WARELINK_TEST_MQTT_HOST", "127.0.0.1")
@@ -52,11 +49,6 @@ CHECKS = [
     response_headers_conformance,
     negative_data_rejection,  # invalid input is refused (4xx), never taken as something else
 ]
-
-
-async def _clear_presence(prefix: str) -> None:
-    async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as client:
-        await client.publish(Topics(prefix).hub_presence(), b"", qos=1, retain=True)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +68,6 @@ def fuzz_settings() -> Iterator[HubSettings]:
             bootstrap_api_key=KEY,
         )
     finally:
-        asyncio.run(_clear_presence(prefix))
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))

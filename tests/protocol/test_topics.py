@@ -12,7 +12,11 @@ NAMES = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
 def test_topic_names() -> None:
     topics = Topics("warelink")
     assert topics.gateway("site-1", "gw-a", Kind.EVENTS) == "warelink/v1/site-1/gw-a/events"
-    assert topics.hub_presence() == "warelink/v1/$hub/presence"
+    assert topics.hub_presence("a1b2") == "warelink/v1/$hub/presence/a1b2"
+    assert topics.all_hub_presence() == "warelink/v1/$hub/presence/+"
+    assert topics.presence_instance("warelink/v1/$hub/presence/a1b2") == "a1b2"
+    assert topics.presence_instance("warelink/v1/$hub/presence/a/b") is None
+    assert topics.presence_instance("warelink/v1/site/gw/ack") is None
     assert topics.all_gateways(Kind.BIRTH) == "warelink/v1/+/+/birth"
     assert topics.shared("hubs", "warelink/v1/+/+/events") == "$share/hubs/warelink/v1/+/+/events"
 
