@@ -289,10 +289,16 @@ class EventBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch", tag_fie
 
 
 class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="ack", tag_field="k"):
-    """Cumulative: every event of ``gateway`` up to ``seq`` is committed at the hub."""
+    """Cumulative: every event of ``gateway`` up to ``seq`` is committed at the hub.
+
+    ``outbox`` names the outbox the hub acks for (Birth.outbox): a box holding another
+    outbox under the same gateway id ignores the ack, so it never trims what the hub
+    stored from someone else.
+    """
 
     gateway: Id
     seq: SeqOrZero
+    outbox: OptCode = ""
 
 
 class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, tag="replay", tag_field="k"):

@@ -60,6 +60,16 @@ class IngestCollector:
             ("warelink_hub_gaps_detected", stats.gaps_detected, "sequence gaps detected"),
             ("warelink_hub_gaps_filled", stats.gaps_filled, "sequence gaps filled"),
             ("warelink_hub_replays_requested", stats.replays_requested, "replay requests"),
+            (
+                "warelink_hub_outboxes_refused",
+                stats.outboxes_refused,
+                "outboxes refused under a gateway id that another outbox speaks for",
+            ),
+            (
+                "warelink_hub_refused_messages",
+                stats.refused_messages,
+                "births and batches of refused outboxes (neither stored nor acked)",
+            ),
         ):
             yield CounterMetricFamily(name, text, value=value)
         yield GaugeMetricFamily(
@@ -78,6 +88,7 @@ class GatewaysCollector:
     NUMBERS = (
         "acked_seq", "last_seq_received", "events_received", "duplicates_dropped",
         "gaps_detected", "gaps_filled", "replays_requested", "clock_skew_ms",
+        "refused_messages",
     )  # fmt: skip
 
     def __init__(self, gateways: list[dict[str, Any]]) -> None:

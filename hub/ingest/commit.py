@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from psycopg import AsyncConnection
 
-from warelink.hub.ingest import device_rules, quarantine, store
+from warelink.hub.ingest import device_rules, outboxes, quarantine, store
 from warelink.hub.stock.balances import BalanceChange
 from warelink.protocol import limits, wire
 from warelink.protocol.delivery import Coverage
@@ -40,6 +40,8 @@ class IncomingBatch:
     events: list[Event]
     skew_ms: float  # the edge's clock minus the hub's, when it arrived (transit included)
     quarantined: list[wire.BadEvent] = field(default_factory=list)
+    outbox: str = ""  # the outbox the events come from ("" from an edge before identities)
+    session: int = 0  # the edge's session that sent it
 
 
 @dataclass
@@ -47,6 +49,9 @@ class FlushResult:
     """What one committed flush changed, for acks, replay requests and live deltas."""
 
     acks: dict[str, tuple[str, int]] = field(default_factory=dict)  # gateway → (site, seq)
+    outboxes: dict[str, str] = field(default_factory=dict)  # gateway → the outbox acked
+    refused: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # → site, outbox, why
+    newly_refused: int = 0  # outboxes refused for the first time
     gaps: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # → (site, from, to)
     events: list[tuple[str, list[Event]]] = field(default_factory=list)  # new, per gateway
     balances: list[BalanceChange] = field(default_factory=list)
@@ -61,6 +66,9 @@ class FlushResult:
     def absorb(self, other: FlushResult) -> None:
         """Add another flush's result (of other gateways) to this one."""
         self.acks.update(other.acks)
+        self.outboxes.update(other.outboxes)
+        self.refused.update(other.refused)
+        self.newly_refused += other.newly_refused
         self.gaps.update(other.gaps)
         self.events += other.events
         self.balances += other.balances
@@ -116,7 +124,9 @@ def decode_events(
         seq = event.seq if first <= event.seq <= last else None
         bad.append(wire.BadEvent(wire.encode_event(event), seq, problem))
     skew = (header.sent_at - now).total_seconds() * 1000
-    return IncomingBatch(where.site, where.gateway, first, last, good, skew, bad)
+    return IncomingBatch(
+        where.site, where.gateway, first, last, good, skew, bad, header.outbox, header.session
+    )
 
 
 def _event_problem(event: Event, gateway: str, first: int, last: int, now: dt.datetime) -> str:
@@ -125,6 +135,66 @@ def _event_problem(event: Event, gateway: str, first: int, last: int, now: dt.da
     if not first <= event.seq <= last:
         return f"event seq {event.seq} outside the batch's range [{first}, {last}]"
     return limits.event_problem(event.occurred_at, now) or "out of bounds"
+
+
+async def _own_outbox(
+    mark: store.GatewayMark,
+    batches: list[IncomingBatch],
+    result: FlushResult,
+    *,
+    conn: AsyncConnection,
+) -> list[IncomingBatch]:
+    """The batches of the outbox that speaks for the gateway (``hub.ingest.outboxes``);
+    any other outbox's are refused, loudly, and neither stored nor acked."""
+    refused = [b for b in batches if (b.outbox, b.session) == mark.refused_session]
+    if refused:  # a copy of the current outbox, caught sending other events under its seqs
+        why = f"outbox {mark.outbox} session {refused[0].session} sent other events before"
+        await outboxes.refuse(mark.site, mark.id, refused[0].outbox, why,
+                              session=refused[0].session, conn=conn)  # fmt: skip
+        result.refused[mark.id] = (mark.site, refused[0].outbox, why)
+        batches = [b for b in batches if b not in refused]
+    claims = {b.outbox for b in batches}
+    if claims <= {"", mark.outbox}:
+        return batches  # the usual case: the current outbox
+    states = await outboxes.known_states(mark.id, conn=conn)
+    taken: list[IncomingBatch] = []
+    for claimed in sorted(claims, key=lambda c: c != mark.outbox):  # the current one first
+        theirs = [b for b in batches if b.outbox == claimed]
+        judgement = outboxes.judge(
+            current=mark.outbox, claimed=claimed, known_state=states.get(claimed),
+            oldest_claimed=min(b.first_seq for b in theirs), max_seq=mark.max_seq,
+        )  # fmt: skip
+        if judgement.verdict is outboxes.Verdict.REFUSE:
+            first = await outboxes.refuse(mark.site, mark.id, claimed, judgement.reason,
+                                          conn=conn)  # fmt: skip
+            result.refused[mark.id] = (mark.site, claimed, judgement.reason)
+            result.newly_refused += first
+            continue
+        if judgement.verdict is outboxes.Verdict.ADOPT:
+            await outboxes.adopt(mark.id, claimed, conn=conn)
+            mark.outbox = claimed
+            states[claimed] = "current"
+        taken += theirs
+    return taken
+
+
+async def _not_held(
+    gateway: str, events: list[Event], mark: store.GatewayMark, *, conn: AsyncConnection
+) -> str:
+    """Why events at or below the highest seq the hub holds cannot be acked as held, or
+    "" when the hub holds each of them (the same event id, or in quarantine). The hub
+    never acks an event it has not stored."""
+    stored = await store.held_event_ids(gateway, [e.seq for e in events], conn=conn)
+    for event in events:
+        held = stored.get(event.seq)
+        if held is not None and held != event.id:
+            return f"seq {event.seq}: the hub holds another event ({held}) under it"
+    missing = [e.seq for e in events if e.seq not in stored and e.seq <= mark.acked_seq]
+    if missing:
+        kept = await quarantine.held_seqs(gateway, missing, conn=conn)
+        if lost := [seq for seq in missing if seq not in kept]:
+            return f"seq {lost[0]}: acked before, but the hub holds no event under it"
+    return ""
 
 
 def _in_order(events: list[Event]) -> list[Event]:
@@ -158,13 +228,21 @@ async def commit_events(batches: Sequence[IncomingBatch], *, conn: AsyncConnecti
         for gateway, mark in marks.items():
             mine = [b for b in per_gateway[gateway] if b.site == mark.site]
             result.rejected += sum(len(b.events) for b in per_gateway[gateway] if b not in mine)
-            per_gateway[gateway] = mine
+            mine = await _own_outbox(mark, mine, result, conn=conn)
             events = _in_order([e for b in mine for e in b.events])
-            offered[gateway] = sum(len(b.events) for b in mine)
             seqs = [e.seq for e in events]
             # seq <= watermark: stored; (watermark, max_seq]: maybe stored; > max_seq: new.
             low = bisect.bisect_right(seqs, mark.acked_seq)
             high = bisect.bisect_right(seqs, mark.max_seq, lo=low)
+            if high and (why := await _not_held(gateway, events[:high], mark, conn=conn)):
+                outbox, session = mine[0].outbox, mine[0].session
+                first = await outboxes.refuse(mark.site, gateway, outbox, why, session=session,
+                                              conn=conn)  # fmt: skip
+                result.refused[gateway] = (mark.site, outbox, why)
+                result.newly_refused += first
+                mine, events, low, high = [], [], 0, 0
+            per_gateway[gateway] = mine
+            offered[gateway] = sum(len(b.events) for b in mine)
             new[gateway] = events[high:]
             fresh_rows += store.event_rows(mark.site, events[high:], now)
             if high > low:
@@ -217,7 +295,9 @@ async def commit_events(batches: Sequence[IncomingBatch], *, conn: AsyncConnecti
                 conn=conn,
             )
             result.acks[gateway] = (mark.site, mark.acked_seq)
+            result.outboxes[gateway] = mark.outbox or ""
             result.events.append((mark.site, events))
+            await store.record_readings(mark.site, events, conn=conn)
             # The ledger takes a gateway's events in seq order: only up to the watermark.
             if had_early and mark.acked_seq > was_watermark:
                 ready = await store.stored_effects(

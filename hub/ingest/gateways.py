@@ -18,6 +18,7 @@ async def list_gateways(*, conn: AsyncConnection) -> list[dict[str, Any]]:
         " replays_requested, early_ranges AS pending_ranges, clock_skew_ms,"
         " abs(coalesce(clock_skew_ms, 0)) > %s AS clock_skew_flagged,"
         " edge_counters, edge_counters_at, first_seen_at, last_seen_at, gap_anomalies,"
+        " outbox, refused_outbox, refused_at, refused_messages,"
         " (SELECT count(*) FROM quarantine q WHERE q.gateway = g.id AND q.state = 'open')"
         "   AS quarantined, quarantine_overflow"
         " FROM gateways g ORDER BY site, id",

@@ -13,6 +13,7 @@ audit row.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -56,6 +57,15 @@ async def keep_events(
               clean_reason(e.reason)) for e in unique],
         )  # fmt: skip
         return max(cur.rowcount, 0)
+
+
+async def held_seqs(gateway: str, seqs: Sequence[int], *, conn: AsyncConnection) -> set[int]:
+    """Which of these seqs of the gateway the quarantine holds an event of."""
+    cur = await conn.execute(
+        "SELECT seq FROM quarantine WHERE kind = 'event' AND gateway = %s AND seq = ANY(%s)",
+        (gateway, list(seqs)),
+    )
+    return {row[0] for row in await cur.fetchall()}
 
 
 async def keep_message(

@@ -23,6 +23,7 @@ EVENT_TYPES = [
 ]  # fmt: skip
 
 Row = tuple[object, ...]
+_json = msgspec.json.Encoder().encode
 
 
 @dataclass
@@ -32,6 +33,14 @@ class GatewayMark:
     acked_seq: int
     max_seq: int
     early_ranges: list[list[int]]
+    outbox: str | None  # the current outbox's identity (hub.ingest.outboxes)
+    refused_outbox: str | None = None
+    refused_at_session: int | None = None
+
+    @property
+    def refused_session(self) -> tuple[str | None, int | None]:
+        """The (outbox, session) last refused under this id: refused until it changes."""
+        return self.refused_outbox, self.refused_at_session
 
 
 def event_rows(site: str, events: Iterable[Event], received_at: dt.datetime) -> list[Row]:
@@ -62,7 +71,9 @@ async def ensure_gateways(pairs: Iterable[tuple[str, str]], *, conn: AsyncConnec
 async def lock_gateways(ids: Sequence[str], *, conn: AsyncConnection) -> dict[str, GatewayMark]:
     """Lock the gateways' rows in a fixed order (so concurrent hubs never deadlock)."""
     cur = await conn.execute(
-        "SELECT id, site, acked_seq, max_seq, early_ranges FROM gateways WHERE id = ANY(%s)"
+        "SELECT id, site, acked_seq, max_seq, early_ranges, outbox, refused_outbox,"
+        " refused_session FROM gateways"
+        " WHERE id = ANY(%s)"
         " ORDER BY id FOR UPDATE",
         (sorted(ids),),
     )
@@ -78,6 +89,17 @@ async def copy_events(rows: Sequence[Row], *, conn: AsyncConnection) -> None:
         copy.set_types(EVENT_TYPES)
         for row in rows:
             await copy.write_row(row)
+
+
+async def held_event_ids(
+    gateway: str, seqs: Sequence[int], *, conn: AsyncConnection
+) -> dict[int, object]:
+    """The event id stored under each of these seqs of the gateway (where one is)."""
+    cur = await conn.execute(
+        "SELECT seq, event_id FROM events WHERE gateway = %s AND seq = ANY(%s)",
+        (gateway, list(seqs)),
+    )
+    return {seq: event_id for seq, event_id in await cur.fetchall()}
 
 
 async def insert_events_dedup(
@@ -120,6 +142,30 @@ async def update_gateway(
         " clock_skew_ms = %s, last_seen_at = now() WHERE id = %s",
         (mark.acked_seq, mark.max_seq, Jsonb(mark.early_ranges), received, duplicates,
          gaps_detected, gaps_filled, skew_ms, mark.id),
+    )  # fmt: skip
+
+
+async def record_readings(site: str, events: Sequence[Event], *, conn: AsyncConnection) -> None:
+    """Each device's latest reading among ``events`` (for the live snapshot and feed)."""
+    latest: dict[str, Event] = {}
+    for event in events:
+        known = latest.get(event.device)
+        if known is None or event.occurred_at >= known.occurred_at:
+            latest[event.device] = event
+    if not latest:
+        return
+    types = BODY_TYPES
+    chosen = list(latest.values())
+    await conn.execute(
+        "INSERT INTO device_readings (site, device, gateway, type, seq, occurred_at, body)"
+        " SELECT %s, d, g, t, s, o, b::jsonb FROM unnest(%s::text[], %s::text[], %s::text[],"
+        " %s::int8[], %s::timestamptz[], %s::text[]) AS r (d, g, t, s, o, b)"
+        " ON CONFLICT (site, device) DO UPDATE SET gateway = excluded.gateway,"
+        " type = excluded.type, seq = excluded.seq, occurred_at = excluded.occurred_at,"
+        " body = excluded.body WHERE device_readings.occurred_at <= excluded.occurred_at",
+        (site, [e.device for e in chosen], [e.gateway for e in chosen],
+         [types[type(e.body)] for e in chosen], [e.seq for e in chosen],
+         [e.occurred_at for e in chosen], [_json(e.body).decode() for e in chosen]),
     )  # fmt: skip
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import aiomqtt
@@ -29,7 +28,7 @@ from paho.mqtt.properties import Properties
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_dumps
 
-from warelink.hub.ingest import commands, quarantine, store
+from warelink.hub.ingest import commands, outboxes, quarantine, store
 from warelink.hub.ingest.commit import (
     FlushResult,
     IncomingBatch,
@@ -50,6 +49,7 @@ from warelink.protocol.messages import (
     HubPresence,
     ReplayRequest,
 )
+from warelink.protocol.replay import ReplayTimer
 from warelink.protocol.topics import Kind, Topics
 
 log = structlog.get_logger(__name__)
@@ -69,6 +69,8 @@ class IngestStats:
     gaps_filled: int = 0
     replays_requested: int = 0
     gateways_held: int = 0  # gateways whose events the hub cannot commit now (not acked)
+    outboxes_refused: int = 0  # outboxes refused under a gateway id (hub.ingest.outboxes)
+    refused_messages: int = 0  # births and batches of refused outboxes, not acked
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,6 @@ class RejectedMessage:
 Incoming = IncomingBatch | SessionIncoming | RejectedMessage
 
 IDLE_CHECK_S = 1.0
-REPLAY_AFTER_S = 2.0  # a gap that has not moved for this long is asked for
-REPLAY_AGAIN_MAX_S = 10.0  # asked again with doubling intervals, at most this far apart
 
 # Faults of the data, not of the database: the event (or message) that causes one is
 # quarantined. ProgramLimitExceeded (a value too large for an index) is an
@@ -119,35 +119,19 @@ def is_outage(exc: BaseException, conn: AsyncConnection) -> bool:
     return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, POISON)
 
 
-@dataclass
-class OpenGap:
-    site: str
-    first: int
-    last: int
-    watermark: int
-    since: float  # loop time when the watermark last moved
-    asked_at: float = -1e9
-    asks: int = 0  # requests sent for this gap (their interval doubles)
-
-
 class Ingest:
-    """The ingest worker: MQTT 5 shared subscription → flushes → acks → live deltas."""
+    """The ingest worker: MQTT 5 shared subscription → flushes → acks."""
 
-    def __init__(
-        self,
-        settings: HubSettings,
-        *,
-        on_commit: Callable[[FlushResult], None] | None = None,
-    ) -> None:
+    def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
         self.topics = Topics(settings.mqtt_prefix)
         self.instance = uuid.uuid4().hex[:12]
         self.stats = IngestStats()
-        self.on_commit = on_commit
         self.mqtt_connected = False
         self._malformed_logged = False
-        self._gaps: dict[str, OpenGap] = {}
+        self._replays = ReplayTimer()  # open gaps, and when to ask for each
         self._anomalies: dict[str, tuple[int, int]] = {}  # reported once per gateway and range
+        self._refusals: dict[str, str] = {}  # gateway → the outbox last refused (logged)
         self._held: set[str] = set()  # gateways whose events failed to commit, not acked
         self._client: aiomqtt.Client | None = None
 
@@ -325,14 +309,14 @@ class Ingest:
             self._malformed("events", f"{result.rejected} events under the wrong site")
         async with asyncio.TaskGroup() as sends:
             for gateway, (site, seq) in result.acks.items():
-                ack = wire.encode(Ack(gateway=gateway, seq=seq))
+                outbox = result.outboxes.get(gateway, "")
+                ack = wire.encode(Ack(gateway=gateway, seq=seq, outbox=outbox))
                 topic = self.topics.gateway(site, gateway, Kind.ACK)
                 sends.create_task(client.publish(topic, ack, qos=1))
+        self._report_refusals(result)
         await self._report_anomalies(result, conn)
         self._track_gaps(result)
         await self._ask_for_gaps(client, conn)
-        if self.on_commit is not None:
-            self.on_commit(result)
 
     async def _commit_apart(
         self, batches: list[IncomingBatch], conn: AsyncConnection
@@ -441,12 +425,21 @@ class Ingest:
         except DecodeError as exc:
             raise _Unusable(str(exc)) from None
         if isinstance(message, Birth) and message.gateway == gateway:
-            acked = await store.record_birth(
-                site, gateway, message.session, message.last_seq, message.devices, conn=conn
-            )
+            async with conn.transaction():
+                judgement, first, outbox = await outboxes.admit_birth(
+                    site, gateway, message.outbox, message.last_seq, message.session, conn=conn
+                )
+                refused = judgement.verdict is outboxes.Verdict.REFUSE
+                if not refused:
+                    acked = await store.record_birth(site, gateway, message.session,
+                                                     message.last_seq, message.devices,
+                                                     conn=conn)  # fmt: skip
+            if refused:  # not answered: the box sends nothing, and keeps everything
+                self._refused(site, gateway, message.outbox, judgement.reason, first)
+                return
             log.info("gateway.birth", gateway=gateway, site=site, session=message.session,
-                     last_seq=message.last_seq, acked_seq=acked)  # fmt: skip
-            ack = wire.encode(Ack(gateway=gateway, seq=acked))
+                     last_seq=message.last_seq, acked_seq=acked, outbox=outbox)  # fmt: skip
+            ack = wire.encode(Ack(gateway=gateway, seq=acked, outbox=outbox))
             await client.publish(self.topics.gateway(site, gateway, Kind.ACK), ack, qos=1)
             for command in await commands.open_for(gateway, conn=conn):
                 await self.send_command(site, gateway, command)
@@ -464,17 +457,10 @@ class Ingest:
         now = asyncio.get_running_loop().time()
         for gateway, (site, watermark) in result.acks.items():
             gap = result.gaps.get(gateway)
-            known = self._gaps.get(gateway)
-            if gap is None:
-                if known is not None:
-                    log.info("ingest.gap_closed", gateway=gateway, site=site,
-                             asked=known.asks)  # fmt: skip
-                    del self._gaps[gateway]
-                continue
-            if known is None or known.watermark != watermark:
-                self._gaps[gateway] = OpenGap(site, gap[1], gap[2], watermark, since=now)
-            else:
-                known.first, known.last = gap[1], gap[2]
+            missing = None if gap is None else (gap[1], gap[2])
+            closed = self._replays.observe(gateway, site, watermark=watermark, gap=missing, now=now)
+            if closed is not None:
+                log.info("ingest.gap_closed", gateway=gateway, site=site, asked=closed.asks)
 
     async def _report_anomalies(self, result: FlushResult, conn: AsyncConnection) -> None:
         """A gap wider than any outbox could hold is reported once, never asked for."""
@@ -490,27 +476,18 @@ class Ingest:
             )
 
     async def _ask_for_gaps(self, client: aiomqtt.Client, conn: AsyncConnection) -> None:
-        """Ask for a missing range once it stopped filling by itself for a while.
-
-        A gap that two hubs' commits opened, or that a gateway is draining anyway, closes
-        on its own; a request then would only make the gateway send things twice. A gap
-        that stays open is asked for again at doubling intervals (at most 10 s
-        apart), and logged when it opens and when it closes, not per request.
+        """Ask for each missing range the replay timer says is due (``protocol.replay``:
+        once it stopped filling by itself for a while, then at doubling intervals);
+        logged when a gap is first asked for and when it closes, not per request.
         """
-        now = asyncio.get_running_loop().time()
-        for gateway, gap in self._gaps.items():
-            interval = min(REPLAY_AFTER_S * 2**gap.asks, REPLAY_AGAIN_MAX_S)
-            if now - gap.since < REPLAY_AFTER_S or now - gap.asked_at < interval:
-                continue
-            if gap.asks == 0:
-                log.info("ingest.gap", gateway=gateway, site=gap.site,
-                         missing=f"{gap.first}-{gap.last}")  # fmt: skip
-            gap.asked_at = now
-            gap.asks += 1
+        for due in self._replays.due(asyncio.get_running_loop().time()):
+            if due.ask == 1:
+                log.info("ingest.gap", gateway=due.gateway, site=due.site,
+                         missing=f"{due.first}-{due.last}")  # fmt: skip
             self.stats.replays_requested += 1
-            await store.count_replay_request(gateway, conn=conn)
-            request = ReplayRequest(gateway=gateway, from_seq=gap.first, to_seq=gap.last)
-            topic = self.topics.gateway(gap.site, gateway, Kind.REPLAY)
+            await store.count_replay_request(due.gateway, conn=conn)
+            request = ReplayRequest(gateway=due.gateway, from_seq=due.first, to_seq=due.last)
+            topic = self.topics.gateway(due.site, due.gateway, Kind.REPLAY)
             await client.publish(topic, wire.encode(request), qos=1)
 
     async def send_command(self, site: str, gateway: str, command: Command) -> bool:
@@ -525,6 +502,21 @@ class Ingest:
         except aiomqtt.MqttError:
             return False
         return True
+
+    def _report_refusals(self, result: FlushResult) -> None:
+        for gateway, (site, outbox, why) in result.refused.items():
+            self._refused(site, gateway, outbox, why, first=False)
+        self.stats.outboxes_refused += result.newly_refused
+
+    def _refused(self, site: str, gateway: str, outbox: str, why: str, first: bool) -> None:
+        """Loud, once per gateway and outbox: its events are neither stored nor acked."""
+        self.stats.refused_messages += 1
+        if self._refusals.get(gateway) != outbox:
+            self._refusals[gateway] = outbox
+            log.warning("ingest.outbox_refused", gateway=gateway, site=site, outbox=outbox,
+                      reason=why)  # fmt: skip
+        if first:
+            self.stats.outboxes_refused += 1
 
     def _malformed(self, where: str, why: str) -> None:
         self.stats.malformed_dropped += 1

@@ -37,6 +37,7 @@ RESPONSIBILITIES = {
     "count_variance": Responsibility("clerk", "analyst", "supervisor"),
     "serial_conflict": Responsibility("clerk", "it_support", "supervisor"),
     "floor_report": Responsibility("clerk", "supervisor", "supervisor"),
+    "outbox_conflict": Responsibility("it_support", "admin", "supervisor"),
 }
 KINDS = tuple(RESPONSIBILITIES)
 

@@ -43,10 +43,13 @@ def event(seq: int, body: object) -> Event:
 
 
 def test_ack_golden_bytes() -> None:
-    # [1, {"k": "ack", "gateway": "gw-a", "seq": 42}]
-    assert wire.encode(Ack(gateway="gw-a", seq=42)) == (
-        b"\x92\x01\x83\xa1k\xa3ack\xa7gateway\xa4gw-a\xa3seq\x2a"
+    # [1, {"k": "ack", "gateway": "gw-a", "seq": 42, "outbox": "ob1"}]
+    assert wire.encode(Ack(gateway="gw-a", seq=42, outbox="ob1")) == (
+        b"\x92\x01\x84\xa1k\xa3ack\xa7gateway\xa4gw-a\xa3seq\x2a\xa6outbox\xa3ob1"
     )
+    # An ack from a hub before outbox identities (no "outbox") still decodes: it names none.
+    old = b"\x92\x01\x83\xa1k\xa3ack\xa7gateway\xa4gw-a\xa3seq\x2a"
+    assert wire.decode(old) == Ack(gateway="gw-a", seq=42, outbox="")
 
 
 def test_event_wire_map_is_the_documented_one() -> None:
