@@ -152,13 +152,19 @@ def create_app(settings: HubSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.pool.open()
         await hub.bootstrap()
-        ingest = asyncio.create_task(hub.ingest.run(), name="hub-ingest")
+        workers = [
+            asyncio.create_task(hub.ingest.run(), name="hub-ingest"),
+            asyncio.create_task(hub.live.run(), name="hub-live-feed"),
+        ]
         try:
             yield
         finally:
-            ingest.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ingest
+            hub.live.close()  # any live socket still open ends now, with 1001
+            for worker in workers:
+                worker.cancel()
+            for worker in workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
             await hub.pool.close()
 
     app = FastAPI(
@@ -167,11 +173,14 @@ def create_app(settings: HubSettings) -> FastAPI:
         description=(
             "Stock ledger and live state of every warehouse site.\n\n"
             "Live websocket (not expressible in OpenAPI): `GET /api/v1/live?site=SITE` sends"
-            " a JSON snapshot `{kind: 'snapshot', site, epoch, version, balances, devices}`,"
-            " then deltas `{kind: 'delta', site, epoch, version, balances, devices}` with"
-            " version + 1 each; a gap in versions means a missed delta: reconnect. The"
-            " credential is checked again every few seconds: revoked, expired or disabled"
-            " closes the socket with 4401, lost access with 4403."
+            " a JSON snapshot `{kind: 'snapshot', site, epoch, version, balances, devices,"
+            " gateways}`, then deltas `{kind: 'delta', site, epoch, version, at, balances,"
+            " devices, exceptions, gateways, commands}` with version + 1 each, for every"
+            " change committed on any hub. To reconnect (to any hub) without a snapshot,"
+            " add `since=VERSION&epoch=EPOCH`: the deltas missed follow, or a snapshot when"
+            " they are no longer kept. The credential is checked again every few seconds:"
+            " revoked, expired or disabled closes the socket with 4401, lost access with"
+            " 4403; 1001 means the hub is stopping, 1013 that the client fell behind."
         ),
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,

@@ -37,6 +37,9 @@ class HubSettings(BaseSettings):
     argon2_concurrency: int = 2
     # How often an open live websocket checks that its credential is still good.
     live_recheck_s: float = 5.0
+    # How long the change feed keeps a site's changes for clients that reconnect with
+    # their version; older than this, they get a snapshot.
+    live_retain_s: float = 900.0
 
     @field_validator("http")
     @classmethod

@@ -6,7 +6,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from warelink.hub.identity import auth
 from warelink.hub.ingest.worker import Ingest
-from warelink.hub.live.stream import LiveHub
+from warelink.hub.live.feed import ChangeFeed
 from warelink.hub.settings import HubSettings
 
 
@@ -16,8 +16,7 @@ class Hub:
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
         self.ingest = Ingest(settings)
-        self.live = LiveHub(epoch=self.ingest.instance)
-        self.ingest.on_commit = self.live.on_commit
+        self.live = ChangeFeed(settings.db_url, retain_s=settings.live_retain_s)
         self.pool = AsyncConnectionPool(settings.db_url, min_size=1, max_size=8, open=False)
         self.authenticator = auth.Authenticator(concurrency=settings.argon2_concurrency)
         # Failures in this process's memory (bounded): see auth.Throttle.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.e2e.test_delivery import edge_settings, wait_caught_up
 from tests.support.cli import warelink
+from tests.support.gateways import edge_settings, wait_caught_up
 from tests.support.hub import HubProcess
 from tests.support.sites import write_site_config
 from warelink.edge.config import load_site_config
@@ -25,7 +26,7 @@ class LiveClient:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.version = -1
-        self.balances: dict[tuple[str, str, str], float] = {}
+        self.balances: dict[tuple[str, str, str], Decimal] = {}
         self.devices: dict[str, dict[str, Any]] = {}
         self.deltas = 0
 
@@ -39,7 +40,7 @@ class LiveClient:
             self.version = message["version"]
             self.deltas += 1
         for line in message["balances"]:
-            self.balances[(line["location"], line["sku"], line["lot"])] = line["quantity"]
+            self.balances[(line["location"], line["sku"], line["lot"])] = Decimal(line["quantity"])
         for reading in message["devices"]:
             self.devices[reading["device"]] = reading
         return message
@@ -94,9 +95,9 @@ async def test_a_pallet_scanned_at_the_dock_shows_up_live(
     stored = await hub.get("/api/v1/sites/site-e2e/stock")
     assert {"location": "DOCK-1", "sku": label.gtin, "lot": label.lot, "serial": "",
             "lpn": label.sscc, "status": "available",
-            "quantity": float(label.count)} in stored["lines"]  # fmt: skip
+            "quantity": str(label.count)} in stored["lines"]  # fmt: skip
     ledger = await hub.get("/api/v1/sites/site-e2e/stock?include_virtual=true")
-    assert sum(line["quantity"] for line in ledger["lines"]) == 0  # double entry
+    assert sum(Decimal(line["quantity"]) for line in ledger["lines"]) == 0  # double entry
 
     report = json.loads(await warelink("edge", "status", "--config", str(path), "--json"))
     assert report["gateway"] == "gw-e2e"
