@@ -1,15 +1,15 @@
 """Ledger postings and stock queries, beside raw inserts of the same rows in the same run.
 
-(a) movements posted per second through ``hub.ledger.post`` (movements, the balance
+(a) movements posted per second through ``hub.stock.ledger.post`` (movements, the balance
     projection in key order, the exception rules, the late-event check), one transaction
     per batch of 1 and of 100 legs, against the raw baseline: the same rows inserted into
     ``movements`` alone with the ledger's own ``INSERT … unnest`` and with COPY binary, one
     commit per batch of the same size. Legs are receipt → putaway → pick → ship flows over
     many SKUs and locations, as device events (gateway and seq set).
 (b) p50/p99 of the stock queries on a database of ``--movements`` (1M) movements: the SQL
-    of ``GET /api/v1/sites/{site}/stock`` (``hub.queries.site_stock``), ``analyst.stock`` for
+    of ``GET /api/v1/sites/{site}/stock`` (``hub.stock.balances.site_stock``), ``analyst.stock`` for
     a site and for one SKU of a site. Loaded fast: COPY binary of generated movements
-    (foreign-key triggers off for the load), then ``hub.ledger.repair`` (the drift check
+    (foreign-key triggers off for the load), then ``hub.stock.ledger.repair`` (the drift check
     and the rebuild of balances from the ledger), then VACUUM ANALYZE.
 
 The database (``wl_bench_<random>``) is the run's own and is dropped at the end.
@@ -34,8 +34,8 @@ from psycopg import AsyncConnection, sql
 
 from warelink.hub.migrate import migrate
 from warelink.hub.reports import analytics
+from warelink.hub.stock import balances as queries
 from warelink.hub.stock import ledger
-from warelink.hub.stock import sites as queries
 from warelink.hub.stock.ledger import Leg
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -11,8 +11,8 @@ from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection
 
 from warelink.hub.access import Permission, Principal
-from warelink.hub.api.deps import Allow, Conn, HubDep, IsoDate, IsoDatetime
-from warelink.hub.api.fields import SiteId, SitePath
+from warelink.hub.api.deps import Allow, Conn, HubDep
+from warelink.hub.api.fields import IsoDate, IsoDatetime, SiteId, SitePath
 from warelink.hub.api.problems import errors
 from warelink.hub.errors import NotFound
 from warelink.hub.reports import analytics
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 router = APIRouter(tags=["analytics"])
 
 
-SiteName = SitePath
 Since = Annotated[
     IsoDate | None,
     Query(description="First UTC day of the period (default: 30 days before `until`)."),
@@ -61,7 +60,7 @@ async def _existing(site: str, *, hub: Hub) -> None:
     responses=_SITE_ERRORS,
 )
 async def site_kpis(
-    site: SiteName,
+    site: SitePath,
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.LEDGER_READ)],
     since: Since = None,
@@ -109,7 +108,7 @@ def _stream(hub: Hub, make: Callable[[AsyncConnection], AsyncIterator[bytes]]) -
     responses=_CSV,
 )
 async def movements_csv(
-    site: SiteName,
+    site: SitePath,
     hub: HubDep,
     who: Annotated[Principal, Allow(Permission.LEDGER_READ)],
     since: SinceTime = None,
@@ -127,7 +126,7 @@ async def movements_csv(
     responses=_CSV,
 )
 async def balances_csv(
-    site: SiteName,
+    site: SitePath,
     hub: HubDep,
     who: Annotated[Principal, Allow(Permission.LEDGER_READ)],
 ) -> StreamingResponse:

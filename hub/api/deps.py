@@ -3,33 +3,36 @@
 ``Allow(Permission.X)`` is the one way a route states who may call it: it answers 401
 without valid credentials, 403 without the permission, and 403 when the route's
 ``{site}`` is outside the principal's sites; a client address whose credentials failed
-too often gets 429 instead of another argon2 check. ``Idempotent`` runs a write in one
-transaction and remembers its answer under the caller's ``Idempotency-Key``.
+too often gets 429 instead of another argon2 check. ``Write`` is how a write route runs
+its work: in one transaction, answered once per ``Idempotency-Key`` (``Idempotent``
+underneath). ``json_response`` is the one way a route answers with prebuilt JSON.
 ``storable_text`` runs before every route (an app-wide dependency).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import structlog
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from warelink.hub.access import Permission, Principal
+from warelink.hub.api.fields import IdempotencyKey
 from warelink.hub.identity.auth import AuthError, MustWait, WrongCredential
-from warelink.protocol import limits
+from warelink.hub.stock.balances import quantity_text
 
 log = structlog.get_logger(__name__)
 
@@ -191,42 +194,21 @@ async def storable_text(connection: HTTPConnection) -> None:
         raise RequestValidationError([{"type": "string_unicode", "loc": loc, "msg": message}])
 
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=limits.KEY_MAX,
-        pattern=limits.CODE_PATTERN,
-        description="Retry-safe writes: the same key returns the stored answer; the same key"
-        " with a different body is refused (422).",
-    ),
-]
+def _decimal(value: object) -> str:
+    if isinstance(value, Decimal):
+        return quantity_text(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _iso_8601(value: object) -> object:
-    if isinstance(value, str) and not _ISO_DATE.match(value):
-        raise ValueError("expected ISO 8601, e.g. 2026-11-25 or 2026-11-25T08:00:00Z")
-    if isinstance(value, dt.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
-IsoDatetime = Annotated[dt.datetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
-"""A date-time query parameter in ISO 8601 (pydantic alone would also take ``0`` as a Unix
-time); one without an offset is UTC."""
-IsoDate = Annotated[dt.date, BeforeValidator(_iso_8601)]
-"""A day query parameter in ISO 8601 (``2026-11-25``), not a number."""
+def json_bytes(data: Any) -> bytes:
+    """JSON as a response model writes it: a decimal as quantity text ("12.5"), a UTC time
+    with Z; orjson is several times faster than FastAPI's encoder."""
+    return orjson.dumps(data, default=_decimal, option=orjson.OPT_UTC_Z)
 
 
 def json_response(data: Any, status_code: int = 200) -> Response:
-    """Prebuilt bytes: orjson is several times faster than FastAPI's encoder."""
-    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+    """An answer built by hand (rows, dicts): the one way, through ``json_bytes``."""
+    return Response(json_bytes(data), status_code=status_code, media_type="application/json")
 
 
 def fingerprint(payload: Any) -> str:
@@ -236,8 +218,10 @@ def fingerprint(payload: Any) -> str:
 class Idempotent:
     """One write, in one transaction, answered once per Idempotency-Key.
 
-    ``async with Idempotent(conn, who, key, payload) as write:`` then either return
-    ``write.stored`` (a retry) or do the work and ``return write.answer(status, data)``.
+    Routes use ``Write``; this is for the few whose answer is not simply what they store
+    (a secret shown once, a dry run): ``async with Idempotent(conn, who, key, payload) as
+    write:`` then either return ``write.stored`` (a retry) or do the work and
+    ``return await write.answer(status, data)``.
     """
 
     def __init__(
@@ -276,15 +260,13 @@ class Idempotent:
                     raise HTTPException(
                         422, f"Idempotency-Key {self.key!r} was used with a different body"
                     )
-                self.stored = Response(
-                    orjson.dumps(row[2]), status_code=row[1], media_type="application/json"
-                )
+                self.stored = json_response(row[2], status_code=row[1])
 
     async def __aexit__(self, *exc: object) -> None:
         await self._transaction.__aexit__(*exc)
 
     async def answer(self, status: int, data: Any) -> Response:
-        body = orjson.dumps(data)
+        body = json_bytes(data)
         if self.key is not None:
             await self.conn.execute(
                 "INSERT INTO api_requests (actor, key, fingerprint, status, response)"
@@ -292,3 +274,52 @@ class Idempotent:
                 (self.who.id, self.key, self.print, status, Jsonb(orjson.loads(body))),
             )
         return Response(body, status_code=status, media_type="application/json")
+
+
+class Writer:
+    """A write route's work, run once per ``Idempotency-Key`` (the dependency ``Write``).
+
+    ``return await write(who, payload, work)`` runs ``work`` in one transaction on
+    ``write.conn`` and answers what it returns, shaped by the route's ``response_model``
+    and sent with the route's ``status_code``; the stored answer is the same JSON. The
+    same key again gets the stored answer without running ``work``; the same key with
+    another ``payload`` (what the key's fingerprint covers: the operation and its input)
+    a 422. The connection is taken from the pool only then: none is held while the
+    caller is authenticated.
+    """
+
+    def __init__(self, request: Request, key: IdempotencyKey = None) -> None:
+        route: APIRoute = request.scope["route"]
+        self.hub, self.key = get_hub(request), key
+        self.status: int = route.status_code or 200
+        self.model: Any = route.response_model
+        self._conn: AsyncConnection | None = None
+
+    @property
+    def conn(self) -> AsyncConnection:
+        """The write's connection, in its transaction: for ``work`` only."""
+        if self._conn is None:
+            raise RuntimeError("write.conn is there only while write(...) runs its work")
+        return self._conn
+
+    async def __call__(
+        self, who: Principal, payload: Any, work: Callable[[], Awaitable[Any]]
+    ) -> Response:
+        async with self.hub.pool.connection() as conn:
+            self._conn = conn
+            try:
+                async with Idempotent(conn, who, self.key, payload) as write:
+                    if write.stored:
+                        return write.stored
+                    return await write.answer(self.status, self.shaped(await work()))
+            finally:
+                self._conn = None
+
+    def shaped(self, data: Any) -> Any:
+        """``data`` as the JSON the route's response model describes."""
+        if isinstance(self.model, type) and issubclass(self.model, BaseModel):
+            return self.model.model_validate(data, from_attributes=True).model_dump(mode="json")
+        return data
+
+
+Write = Annotated[Writer, Depends()]

@@ -7,17 +7,21 @@ exception of another site answers 404 as if it did not exist.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
+from psycopg import AsyncConnection
 from pydantic import BaseModel, Field
 
 from warelink.hub.access import Permission, Principal
-from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.deps import Allow, Conn, Write
 from warelink.hub.api.fields import (
     Code,
     CodeQuery,
+    Limit,
+    Offset,
     Reason,
     ReferencePath,
     RequiredName,
@@ -26,16 +30,14 @@ from warelink.hub.api.fields import (
     Text,
 )
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
-from warelink.hub.api.stock_control import Limit, Offset
-from warelink.hub.operations.counts import require_internal_location
 from warelink.hub.stock import exceptions
-from warelink.hub.stock.sites import require_site
+from warelink.hub.stock.sites import require_location, require_site
 
 router = APIRouter(tags=["exceptions"])
 
 Kind = Literal[
     "negative_balance", "verify_mismatch", "unknown_sku", "unknown_epc", "held_location",
-    "count_variance", "serial_conflict", "floor_report",
+    "count_variance", "serial_conflict", "floor_report", "outbox_conflict",
 ]  # fmt: skip
 State = Literal["open", "in_review", "resolved", "dismissed"]
 
@@ -95,12 +97,11 @@ class Closing(BaseModel):
     resolution: Reason
 
 
-async def _detail(
-    exception_id: int, who: Principal, *, conn: Conn, lock: bool = False
-) -> dict[str, Any]:
-    row = await exceptions.load(exception_id, sites=who.sites, lock=lock, conn=conn)
+async def _detail(exception_id: int, who: Principal, *, conn: AsyncConnection) -> dict[str, Any]:
+    """An exception with its history, if it is of the caller's sites (else 404)."""
+    row = await exceptions.load(exception_id, sites=who.sites, lock=False, conn=conn)
     row["history"] = await exceptions.history(row, conn=conn)
-    return ExceptionDetail.model_validate(row).model_dump(mode="json")
+    return row
 
 
 @router.get("/exceptions", response_model=ExceptionPage, responses=READ_ERRORS)
@@ -140,24 +141,25 @@ async def get_exception(
 async def raise_floor_report(
     site: SitePath,
     body: FloorReport,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_RAISE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Raise a floor report; one open report per subject (409 names the open one)."""
-    payload = {"op": "exception.raise", "site": site, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as write:
-        if write.stored:
-            return write.stored
-        await require_site(site, conn=conn)
-        detail: dict[str, Any] = {"note": body.note}
+    detail: dict[str, Any] = {"note": body.note}
+    if body.location is not None:
+        detail["location"] = body.location
+
+    async def raised() -> dict[str, Any]:
+        await require_site(site, conn=write.conn)
         if body.location is not None:
-            await require_internal_location(site, body.location, conn=conn)
-            detail["location"] = body.location
+            await require_location(site, body.location, conn=write.conn)
         exception_id = await exceptions.raise_floor_report(
-            site, body.subject, detail, actor=who.actor, conn=conn
+            site, body.subject, detail, actor=who.actor, conn=write.conn
         )
-        return await write.answer(201, await _detail(exception_id, who, conn=conn))
+        return await _detail(exception_id, who, conn=write.conn)
+
+    payload = {"op": "exception.raise", "site": site, **body.model_dump(mode="json")}
+    return await write(who, payload, raised)
 
 
 @router.post("/exceptions/{exception_id}/assign", response_model=ExceptionDetail,
@@ -165,18 +167,14 @@ async def raise_floor_report(
 async def assign_exception(
     exception_id: ReferencePath,
     body: Assignment,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_WORK)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Take it (no assignee) or assign it to someone of its site who may work exceptions."""
-    payload = {"op": "exception.assign", "id": exception_id, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as write:
-        if write.stored:
-            return write.stored
-        row = await exceptions.load(exception_id, sites=who.sites, lock=True, conn=conn)
-        await exceptions.assign(row, body.assignee or who.actor, actor=who.actor, conn=conn)
-        return await write.answer(200, await _detail(exception_id, who, conn=conn))
+    assignee = body.assignee or who.actor
+    return await _step(exception_id, "assign", body, who, write, lambda row, conn: (
+        exceptions.assign(row, assignee, actor=who.actor, conn=conn)
+    ))  # fmt: skip
 
 
 @router.post("/exceptions/{exception_id}/review", response_model=ExceptionDetail,
@@ -184,31 +182,37 @@ async def assign_exception(
 async def hand_for_review(
     exception_id: ReferencePath,
     body: Handover,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_WORK)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Hand it on to its reviewer (open → in_review)."""
-    payload = {"op": "exception.review", "id": exception_id, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as write:
-        if write.stored:
-            return write.stored
-        row = await exceptions.load(exception_id, sites=who.sites, lock=True, conn=conn)
-        await exceptions.hand_for_review(row, body.note, actor=who.actor, conn=conn)
-        return await write.answer(200, await _detail(exception_id, who, conn=conn))
+    return await _step(exception_id, "review", body, who, write, lambda row, conn: (
+        exceptions.hand_for_review(row, body.note, actor=who.actor, conn=conn)
+    ))  # fmt: skip
 
 
 async def _close(
-    exception_id: int, state: str, body: Closing, who: Principal, key: str | None, conn: Conn
+    exception_id: int, state: str, body: Closing, who: Principal, write: Write
 ) -> Response:
-    payload = {"op": f"exception.{state}", "id": exception_id, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as write:
-        if write.stored:
-            return write.stored
-        row = await exceptions.load(exception_id, sites=who.sites, lock=True, conn=conn)
-        await exceptions.close(row, state, body.resolution, actor=who.actor,
-                               roles=frozenset(who.roles), conn=conn)  # fmt: skip
-        return await write.answer(200, await _detail(exception_id, who, conn=conn))
+    roles = frozenset(who.roles)
+    return await _step(exception_id, state, body, who, write, lambda row, conn: exceptions.close(
+        row, state, body.resolution, actor=who.actor, roles=roles, conn=conn
+    ))  # fmt: skip
+
+
+async def _step(
+    exception_id: int, step: str, body: BaseModel, who: Principal, write: Write,
+    change: Callable[[dict[str, Any], AsyncConnection], Awaitable[object]],
+) -> Response:  # fmt: skip
+    """A change to an exception of the caller's sites, made with it locked; answers it."""
+
+    async def changed() -> dict[str, Any]:
+        row = await exceptions.load(exception_id, sites=who.sites, lock=True, conn=write.conn)
+        await change(row, write.conn)
+        return await _detail(exception_id, who, conn=write.conn)
+
+    payload = {"op": f"exception.{step}", "id": exception_id, **body.model_dump(mode="json")}
+    return await write(who, payload, changed)
 
 
 @router.post("/exceptions/{exception_id}/resolve", response_model=ExceptionDetail,
@@ -216,12 +220,11 @@ async def _close(
 async def resolve_exception(
     exception_id: ReferencePath,
     body: Closing,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_RESOLVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Resolve it with what was done: for its reviewer role or an admin (403 otherwise)."""
-    return await _close(exception_id, "resolved", body, who, key, conn)
+    return await _close(exception_id, "resolved", body, who, write)
 
 
 @router.post("/exceptions/{exception_id}/dismiss", response_model=ExceptionDetail,
@@ -229,9 +232,8 @@ async def resolve_exception(
 async def dismiss_exception(
     exception_id: ReferencePath,
     body: Closing,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.EXCEPTIONS_RESOLVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Dismiss it (nothing was wrong), with why: for its reviewer role or an admin."""
-    return await _close(exception_id, "dismissed", body, who, key, conn)
+    return await _close(exception_id, "dismissed", body, who, write)

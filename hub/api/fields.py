@@ -3,17 +3,34 @@
 A value the gateway's wire decoders refuse is refused here too, with a 422 that names
 the field, so nothing a client posts can overflow a column or an index, or hold a NUL
 that PostgreSQL text cannot. Body models use the plain types; route signatures use the
-``…Path`` and ``…Query`` aliases, which carry the same constraints as parameters.
+``…Path`` and ``…Query`` aliases, which carry the same constraints as parameters. Every
+route takes its types from here, so one field means one thing everywhere.
+
+Quantities go out one way, the exact decimal as a JSON string ("12.5"): ``QuantityOut`` in
+response models; ``deps.json_response`` writes any decimal of an answer built by hand
+the same way (both through ``stock.balances.quantity_text``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from fastapi import Path, Query
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema
+from fastapi import Header, Path, Query
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
 
+from warelink.hub import csvio
+from warelink.hub.identity.identities import IDENTITY_PATTERN
+from warelink.hub.stock.balances import quantity_text
 from warelink.protocol.limits import (
     CODE_MAX,
     CODE_PATTERN,
@@ -41,6 +58,9 @@ _ID = StringConstraints(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)
 SiteId = Annotated[str, _ID]
 """A site id: it becomes an MQTT topic level, so letters, digits and ``._-`` only."""
 DeviceId = Annotated[str, _ID]
+GatewayId = Annotated[str, _ID]
+IdentityId = Annotated[str, StringConstraints(pattern=IDENTITY_PATTERN)]
+"""A user or a service: lower case, as the identities table checks."""
 Code = Annotated[str, StringConstraints(min_length=1, max_length=CODE_MAX, pattern=CODE_PATTERN)]
 """Locations, SKUs (or GTINs), lots, serials, LPNs, orders, zones: no control characters."""
 OptCode = Annotated[str, StringConstraints(max_length=CODE_MAX, pattern=CODE_PATTERN)]
@@ -59,6 +79,49 @@ Key = Annotated[str, StringConstraints(min_length=1, max_length=KEY_MAX, pattern
 Gtin = Annotated[str, StringConstraints(pattern=GTIN_PATTERN)]
 Sscc = Annotated[str, StringConstraints(pattern=SSCC_PATTERN)]
 EpcHex = Annotated[str, StringConstraints(pattern=EPC_PATTERN)]
+Filter = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=TEXT_PATTERN)]
+"""What a search matches (an actor, an action, a subject)."""
+
+# ------------------------------------------------------------------ master data records
+
+# A record made through the API is held to the CSV import's rules (csvio), stricter than
+# the codes above: a device may name a location no record would be given.
+RecordCode = Annotated[
+    str, StringConstraints(min_length=1, max_length=CODE_MAX, pattern=csvio.CODE_PATTERN)
+]
+"""Zones, locations, SKUs, units, classes: letters, digits and ``._-``."""
+RecordIdent = Annotated[
+    str, StringConstraints(min_length=1, max_length=CODE_MAX, pattern=csvio.IDENT_PATTERN)
+]
+"""Lots and serials: printable ASCII without spaces."""
+RecordName = Annotated[str, StringConstraints(max_length=NAME_MAX, pattern=csvio.TEXT_PATTERN)]
+RecordGtin = Annotated[
+    str,
+    Field(pattern=r"^([0-9]{8}|[0-9]{12,14})$", description="GTIN-8/12/13/14, check digit valid;"
+          " stored as 14 digits"),
+    AfterValidator(csvio.gtin),
+]  # fmt: skip
+Gln = Annotated[
+    str, Field(pattern=r"^[0-9]{13}$", description="GLN, check digit valid"),
+    AfterValidator(csvio.gln),
+]  # fmt: skip
+RecordEpc = Annotated[
+    str, Field(pattern=r"^(0[xX])?[0-9A-Fa-f]{24}$", description="96-bit EPC in hex"),
+    AfterValidator(csvio.epc),
+]  # fmt: skip
+LpnCode = Annotated[
+    str,
+    Field(min_length=1, max_length=CODE_MAX, pattern=csvio.CODE_PATTERN,
+          description="an SSCC (18 digits, check digit valid) or another code with a letter"),
+    AfterValidator(csvio.lpn_code),
+]  # fmt: skip
+Coordinate = Annotated[
+    float, Field(ge=-csvio.MAX_COORDINATE, le=csvio.MAX_COORDINATE, allow_inf_nan=False)
+]
+RecordNumber = Annotated[Decimal, Field(ge=0, le=csvio.MAX_NUMBER, allow_inf_nan=False)]
+"""A capacity or a tolerance of a record: zero or more."""
+RecordPositive = Annotated[Decimal, Field(gt=0, le=csvio.MAX_NUMBER, allow_inf_nan=False)]
+ShelfLife = Annotated[int, Field(gt=0, le=36500)]
 
 # ------------------------------------------------------------------ numbers
 
@@ -112,6 +175,41 @@ Change = Annotated[
 ]  # fmt: skip
 """A stock adjustment: + found, - lost, never zero."""
 
+QUANTITY_TEXT = r"^-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$"
+QuantityOut = Annotated[
+    Decimal,
+    PlainSerializer(quantity_text, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "pattern": QUANTITY_TEXT, "examples": ["12.5"],
+         "description": "an exact decimal, as text"},
+        mode="serialization",
+    ),
+]  # fmt: skip
+"""A quantity (or a capacity, a weight) in an answer: the exact decimal as a JSON string,
+positional, without trailing zeros: "12.5", "10", "-3" (see ``quantity_text``)."""
+
+# ------------------------------------------------------------------ times
+
+
+def _iso_8601(value: object) -> object:
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("expected ISO 8601, e.g. 2026-11-25 or 2026-11-25T08:00:00Z")
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+IsoDatetime = Annotated[dt.datetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
+"""A date-time query parameter in ISO 8601 (pydantic alone would also take ``0`` as a Unix
+time); one without an offset is UTC."""
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_8601)]
+"""A day query parameter in ISO 8601 (``2026-11-25``), not a number."""
+
 # ------------------------------------------------------------------ route parameters
 
 SitePath = Annotated[SiteId, Path()]
@@ -119,5 +217,23 @@ DevicePath = Annotated[DeviceId, Path()]
 CodePath = Annotated[Code, Path()]
 KeyPath = Annotated[Key, Path()]
 ReferencePath = Annotated[Reference, Path()]
+IdentityPath = Annotated[IdentityId, Path(description="identity id")]
+ApiKeyPath = Annotated[Code, Path(description="API key id")]
 SiteQuery = Annotated[SiteId | None, Query()]
 CodeQuery = Annotated[Code | None, Query()]
+GatewayQuery = Annotated[GatewayId | None, Query(description="a gateway id")]
+FilterQuery = Annotated[Filter | None, Query()]
+
+PAGE_MAX = 1000
+OFFSET_MAX = 1_000_000_000
+Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="rows per page")]
+Offset = Annotated[int, Query(ge=0, le=OFFSET_MAX, description="rows to skip")]
+
+IdempotencyKey = Annotated[
+    Key | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry-safe writes: the same key returns the stored answer; the same key"
+        " with a different body is refused (422).",
+    ),
+]

@@ -9,11 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from fastapi.security import OAuth2PasswordRequestForm
-from psycopg import AsyncConnection
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from warelink.hub.access import ROLE_PERMISSIONS, Permission, Principal, Role
@@ -22,13 +20,24 @@ from warelink.hub.api.deps import (
     Authenticated,
     Conn,
     HubDep,
-    IdempotencyKey,
     Idempotent,
-    IsoDatetime,
+    Write,
     client_address,
+    json_response,
     too_many,
 )
-from warelink.hub.api.fields import Name, SiteId, SiteQuery
+from warelink.hub.api.fields import (
+    ApiKeyPath,
+    FilterQuery,
+    IdempotencyKey,
+    IdentityId,
+    IdentityPath,
+    IsoDatetime,
+    Limit,
+    Name,
+    SiteId,
+    SiteQuery,
+)
 from warelink.hub.api.problems import errors
 from warelink.hub.identity import audit_search, auth, identities
 from warelink.hub.stock import audit
@@ -39,19 +48,15 @@ if TYPE_CHECKING:
 
 router = APIRouter(tags=["identities"])
 
-IdentityId = Annotated[str, StringConstraints(pattern=identities.IDENTITY_PATTERN)]
 Password = Annotated[
     str,
     StringConstraints(min_length=identities.MIN_PASSWORD, max_length=identities.MAX_PASSWORD),
 ]
-DisplayName = Name
 Roles = Annotated[list[Role], Field(min_length=1, max_length=len(Role))]
 Sites = Annotated[
     list[SiteId] | None,
     Field(max_length=200, description="The sites this identity may act on; null: every site."),
 ]
-IdentityPath = Annotated[str, Path(pattern=identities.IDENTITY_PATTERN, description="identity id")]
-KeyPath = Annotated[str, Path(min_length=1, max_length=64, description="API key id")]
 
 
 class Token(BaseModel):
@@ -82,7 +87,7 @@ class IdentityInfo(BaseModel):
 
 class NewUser(BaseModel):
     id: IdentityId
-    display_name: DisplayName = ""
+    display_name: Name = ""
     roles: Roles
     sites: Sites = None
     password: Password = Field(
@@ -92,7 +97,7 @@ class NewUser(BaseModel):
 
 class NewService(BaseModel):
     id: IdentityId
-    display_name: DisplayName = ""
+    display_name: Name = ""
     roles: Roles
     sites: Sites = None
 
@@ -100,7 +105,7 @@ class NewService(BaseModel):
 class IdentityChange(BaseModel):
     """Only the fields given change; ``sites: null`` means every site."""
 
-    display_name: DisplayName | None = None
+    display_name: Name | None = None
     roles: Roles | None = None
     sites: Sites = None
     active: bool | None = None
@@ -152,10 +157,6 @@ class AuditPage(BaseModel):
     next_before: int | None = Field(description="pass as ?before= for the next (older) page")
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 # ------------------------------------------------------------------ login
 
 
@@ -200,7 +201,9 @@ async def token(
         credential = (auth.split(bearer) or ("", "", ""))[1]
         await audit.record(form.username, "auth.login", subject=credential, conn=conn)
     seconds = int((expires - dt.datetime.now(dt.UTC)).total_seconds())
-    response = _json({"access_token": bearer, "token_type": "bearer", "expires_in": seconds})
+    response = json_response(
+        {"access_token": bearer, "token_type": "bearer", "expires_in": seconds}
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -209,7 +212,7 @@ async def token(
 async def me(who: Authenticated) -> Response:
     """Who the credentials belong to, and what they allow (any valid credential)."""
     permissions = sorted({p for role in who.roles for p in ROLE_PERMISSIONS[role]})
-    return _json({
+    return json_response({
         "id": who.id, "kind": who.kind, "roles": sorted(who.roles),
         "sites": None if who.sites is None else sorted(who.sites), "permissions": permissions,
     })  # fmt: skip
@@ -217,17 +220,13 @@ async def me(who: Authenticated) -> Response:
 
 @router.post("/auth/password", response_model=IdentityInfo, responses=errors(401, 422))
 async def change_own_password(
-    body: PasswordChange, who: Authenticated, hub: HubDep, conn: Conn, key: IdempotencyKey = None
+    body: PasswordChange, who: Authenticated, hub: HubDep, write: Write
 ) -> Response:
     """A user changes their own password; their other login tokens are revoked."""
-    async with Idempotent(conn, who, key, {"own_password": who.id}) as write:
-        if write.stored:
-            return write.stored
-        row = await identities.change_own_password(
-            body.current_password, body.new_password, authenticator=hub.authenticator,
-            who=who, conn=conn,
-        )  # fmt: skip
-        return await write.answer(200, row)
+    return await write(who, {"own_password": who.id}, lambda: identities.change_own_password(
+        body.current_password, body.new_password, authenticator=hub.authenticator, who=who,
+        conn=write.conn,
+    ))  # fmt: skip
 
 
 # ------------------------------------------------------------------ identities
@@ -243,28 +242,18 @@ async def list_identities(
     active: bool | None = None,
 ) -> Response:
     """Identities the caller may manage (a site-scoped admin: those within their sites)."""
-    return _json(await identities.list_all(who=who, kind=kind, active=active, conn=conn))
+    return json_response(await identities.list_all(who=who, kind=kind, active=active, conn=conn))
 
 
 async def _create(
-    body: NewUser | NewService,
-    kind: str,
-    who: Principal,
-    hub: Hub,
-    conn: AsyncConnection,
-    key: str | None,
+    body: NewUser | NewService, kind: str, who: Principal, hub: Hub, write: Write
 ) -> Response:
     password = body.password if isinstance(body, NewUser) else None
-    payload = body.model_dump(mode="json", exclude={"password"})
-    async with Idempotent(conn, who, key, {"kind": kind, **payload}) as write:
-        if write.stored:
-            return write.stored
-        row = await identities.create(
-            body.id, kind=kind, roles=body.roles, sites=body.sites,
-            display_name=body.display_name, password=password,
-            authenticator=hub.authenticator, who=who, conn=conn,
-        )  # fmt: skip
-        return await write.answer(201, row)
+    payload = body.model_dump(mode="json", exclude={"password"})  # no secret in the store
+    return await write(who, {"kind": kind, **payload}, lambda: identities.create(
+        body.id, kind=kind, roles=body.roles, sites=body.sites, display_name=body.display_name,
+        password=password, authenticator=hub.authenticator, who=who, conn=write.conn,
+    ))  # fmt: skip
 
 
 @router.post(
@@ -273,11 +262,9 @@ async def _create(
     status_code=201,
     responses=errors(401, 403, 409, 422),
 )
-async def create_user(
-    body: NewUser, who: Admin, hub: HubDep, conn: Conn, key: IdempotencyKey = None
-) -> Response:
+async def create_user(body: NewUser, who: Admin, hub: HubDep, write: Write) -> Response:
     """A person who logs in with a password (``POST /auth/token``)."""
-    return await _create(body, "user", who, hub, conn, key)
+    return await _create(body, "user", who, hub, write)
 
 
 @router.post(
@@ -286,18 +273,16 @@ async def create_user(
     status_code=201,
     responses=errors(401, 403, 409, 422),
 )
-async def create_service(
-    body: NewService, who: Admin, hub: HubDep, conn: Conn, key: IdempotencyKey = None
-) -> Response:
+async def create_service(body: NewService, who: Admin, hub: HubDep, write: Write) -> Response:
     """A gateway or another system; it authenticates with API keys. A gateway: one site."""
-    return await _create(body, "service", who, hub, conn, key)
+    return await _create(body, "service", who, hub, write)
 
 
 @router.get(
     "/identities/{identity}", response_model=IdentityInfo, responses=errors(401, 403, 404, 422)
 )
 async def get_identity(identity: IdentityPath, who: Admin, conn: Conn) -> Response:
-    return _json(await identities.get(identity, who=who, conn=conn))
+    return json_response(await identities.get(identity, who=who, conn=conn))
 
 
 @router.patch(
@@ -309,19 +294,16 @@ async def update_identity(
     identity: IdentityPath,
     body: IdentityChange,
     who: Admin,
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Change roles, sites, display name or active; effective at once, on every hub."""
     changes = body.model_dump(mode="json", exclude_unset=True)
     for field in ("display_name", "roles", "active"):
         if field in changes and changes[field] is None:
             del changes[field]  # null there means "unchanged"; only sites has a null meaning
-    async with Idempotent(conn, who, key, {"identity": identity, **changes}) as write:
-        if write.stored:
-            return write.stored
-        row = await identities.update(identity, changes, who=who, conn=conn)
-        return await write.answer(200, row)
+    return await write(who, {"identity": identity, **changes}, lambda: (
+        identities.update(identity, changes, who=who, conn=write.conn)
+    ))  # fmt: skip
 
 
 @router.put(
@@ -334,18 +316,13 @@ async def reset_password(
     body: PasswordReset,
     who: Admin,
     hub: HubDep,
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Set a user's password (e.g. when forgotten); their login tokens are revoked."""
-    async with Idempotent(conn, who, key, {"password_of": identity}) as write:
-        if write.stored:
-            return write.stored
-        row = await identities.set_password(
-            identity, body.password, action="identity.password.reset",
-            authenticator=hub.authenticator, who=who, conn=conn,
-        )  # fmt: skip
-        return await write.answer(200, row)
+    return await write(who, {"password_of": identity}, lambda: identities.set_password(
+        identity, body.password, action="identity.password.reset",
+        authenticator=hub.authenticator, who=who, conn=write.conn,
+    ))  # fmt: skip
 
 
 # ------------------------------------------------------------------ API keys
@@ -358,7 +335,7 @@ async def reset_password(
 )
 async def list_keys(identity: IdentityPath, who: Admin, conn: Conn) -> Response:
     """An identity's API keys, revoked ones included; never their secrets."""
-    return _json(await identities.list_keys(identity, who=who, conn=conn))
+    return json_response(await identities.list_keys(identity, who=who, conn=conn))
 
 
 @router.post(
@@ -386,7 +363,7 @@ async def create_key(
         )  # fmt: skip
         secret = row.pop("key")
         await write.answer(201, {**row, "key": None})  # the stored replay holds no secret
-        return _json({**row, "key": secret}, 201)
+        return json_response({**row, "key": secret}, status_code=201)
 
 
 @router.delete(
@@ -396,25 +373,17 @@ async def create_key(
 )
 async def revoke_key(
     identity: IdentityPath,
-    key_id: KeyPath,
+    key_id: ApiKeyPath,
     who: Admin,
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Revoke an API key: refused at once, by every hub process."""
-    async with Idempotent(conn, who, key, {"revoke": f"{identity}/{key_id}"}) as write:
-        if write.stored:
-            return write.stored
-        row = await identities.revoke_key(identity, key_id, who=who, conn=conn)
-        return await write.answer(200, row)
+    return await write(who, {"revoke": f"{identity}/{key_id}"}, lambda: (
+        identities.revoke_key(identity, key_id, who=who, conn=write.conn)
+    ))  # fmt: skip
 
 
 # ------------------------------------------------------------------ audit
-
-Text = Annotated[
-    str | None,
-    Query(min_length=1, max_length=limits.NAME_MAX, pattern=limits.TEXT_PATTERN),
-]
 
 
 @router.get("/audit", response_model=AuditPage, tags=["audit"], responses=errors(401, 403, 422))
@@ -422,13 +391,13 @@ async def audit_log(
     who: Annotated[Principal, Allow(Permission.AUDIT_READ)],
     conn: Conn,
     site: SiteQuery = None,
-    actor: Text = None,
-    action: Text = None,
-    subject: Text = None,
+    actor: FilterQuery = None,
+    action: FilterQuery = None,
+    subject: FilterQuery = None,
     since: Annotated[IsoDatetime | None, Query(description="at or after")] = None,
     until: Annotated[IsoDatetime | None, Query(description="before")] = None,
     before: Annotated[int | None, Query(ge=1, le=limits.INT8_MAX, description="id cursor")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Limit = 100,
 ) -> Response:
     """Every write with its actor, newest first; site-scoped callers see their sites' rows."""
     rows = await audit_search.search(
@@ -436,4 +405,4 @@ async def audit_log(
         until=until, before=before, limit=limit, conn=conn,
     )  # fmt: skip
     more = len(rows) == limit
-    return _json({"items": rows, "next_before": rows[-1]["id"] if more else None})
+    return json_response({"items": rows, "next_before": rows[-1]["id"] if more else None})

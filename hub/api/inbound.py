@@ -1,14 +1,13 @@
 """REST routes: inbound — advance notices, receipts, QC, putaway, returns, transfers.
 
-Thin: validate, run the domain function of ``hub/inbound.py``, ``hub/putaway.py`` or
-``hub/transfers.py`` inside ``Idempotent`` for writes, answer. Quantities are decimals
-and travel as JSON strings in answers (exact); requests take numbers or strings.
+Thin: validate, run the domain function of ``hub.operations.inbound``, ``.putaway`` or
+``.transfers`` (writes through ``Write``), answer. Quantities are decimals and travel as
+JSON strings in answers (exact); requests take numbers or strings.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -16,12 +15,15 @@ from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from warelink.hub.access import Permission, Principal
-from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.deps import Allow, Conn, Write
 from warelink.hub.api.fields import (
     Code,
+    Limit,
     Name,
+    Offset,
     OptCode,
     Quantity,
+    QuantityOut,
     Reason,
     Reference,
     ReferencePath,
@@ -39,11 +41,6 @@ router = APIRouter(tags=["inbound"])
 
 READ = READ_ERRORS
 WRITE = WRITE_ERRORS
-
-
-def _model(model: type[BaseModel], obj: Any) -> dict[str, Any]:
-    """A domain answer as the JSON its response model describes."""
-    return model.model_validate(obj, from_attributes=True).model_dump(mode="json")
 
 
 def _body(op: str, scope: object, body: BaseModel) -> dict[str, Any]:
@@ -73,8 +70,8 @@ class NoticeLineOut(BaseModel):
     sku: str
     lot: str
     expiry: dt.date | None
-    expected: Decimal
-    received: Decimal = Field(description="sum of the movements of document asn:<id>/<line>")
+    expected: QuantityOut
+    received: QuantityOut = Field(description="sum of the movements of document asn:<id>/<line>")
 
 
 class NoticeOut(BaseModel):
@@ -97,28 +94,23 @@ class NoticeSummaryOut(BaseModel):
     state: Literal["open", "closed", "cancelled"]
     created_at: dt.datetime
     lines: int
-    expected: Decimal
-    received: Decimal
+    expected: QuantityOut
+    received: QuantityOut
 
 
 @router.post("/sites/{site}/notices", status_code=201, response_model=NoticeOut, responses=WRITE)
 async def create_notice(
     site: SitePath,
     body: NoticeIn,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.NOTICES_WRITE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Announce an inbound shipment (ASN): its lines say what is expected."""
-    async with Idempotent(conn, who, key, _body("notice.create", site, body)) as write:
-        if write.stored:
-            return write.stored
-        lines = [inbound.NoticeLineIn(**line.model_dump()) for line in body.lines]
-        notice = await inbound.create_notice(
-            site, body.reference, body.supplier, body.expected_at, lines,
-            actor=who.actor, conn=conn,
-        )  # fmt: skip
-        return await write.answer(201, _model(NoticeOut, notice))
+    lines = [inbound.NoticeLineIn(**line.model_dump()) for line in body.lines]
+    return await write(who, _body("notice.create", site, body), lambda: inbound.create_notice(
+        site, body.reference, body.supplier, body.expected_at, lines,
+        actor=who.actor, conn=write.conn,
+    ))  # fmt: skip
 
 
 @router.get("/sites/{site}/notices", response_model=list[NoticeSummaryOut], responses=READ)
@@ -127,8 +119,8 @@ async def list_notices(
     conn: Conn,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
     state: Literal["open", "closed", "cancelled"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[NoticeSummaryOut]:
     """Notices of a site, newest first, with expected and received totals."""
     found = await inbound.list_notices(site, state, limit, offset, conn=conn)
@@ -147,38 +139,34 @@ async def get_notice(
     return NoticeOut.model_validate(found, from_attributes=True)
 
 
-async def _finish(
-    site: str, notice: int, to_state: str, conn: Any, who: Principal, key: str | None
-) -> Response:
-    async with Idempotent(conn, who, key, {"op": to_state, "scope": [site, notice]}) as write:
-        if write.stored:
-            return write.stored
-        done = await inbound.finish_notice(site, notice, to_state, actor=who.actor, conn=conn)
-        return await write.answer(200, _model(NoticeOut, done))
+async def _finish(site: str, notice: int, to_state: str, write: Write, who: Principal) -> Response:
+    return await write(
+        who,
+        {"op": to_state, "scope": [site, notice]},
+        lambda: inbound.finish_notice(site, notice, to_state, actor=who.actor, conn=write.conn),
+    )
 
 
 @router.post("/sites/{site}/notices/{notice}/close", response_model=NoticeOut, responses=WRITE)
 async def close_notice(
     site: SitePath,
     notice: ReferencePath,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.RECEIVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Receiving is done: the notice closes, short lines stay short (see the audit log)."""
-    return await _finish(site, notice, "closed", conn, who, key)
+    return await _finish(site, notice, "closed", write, who)
 
 
 @router.post("/sites/{site}/notices/{notice}/cancel", response_model=NoticeOut, responses=WRITE)
 async def cancel_notice(
     site: SitePath,
     notice: ReferencePath,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.NOTICES_WRITE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """The shipment will not come: only a notice with nothing received can be cancelled."""
-    return await _finish(site, notice, "cancelled", conn, who, key)
+    return await _finish(site, notice, "cancelled", write, who)
 
 
 # ------------------------------------------------------------------ receipts and returns
@@ -206,12 +194,12 @@ class ReceivedOut(BaseModel):
     lpn: str
     location: str
     status: Literal["available", "qc_hold"]
-    quantity: Decimal
+    quantity: QuantityOut
     notice: int | None
     line: int | None
-    expected: Decimal | None
-    received: Decimal | None = Field(description="on the notice line, this receipt included")
-    over_received: Decimal = Field(description="the notice line's receipts beyond expected")
+    expected: QuantityOut | None
+    received: QuantityOut | None = Field(description="on the notice line, this receipt included")
+    over_received: QuantityOut = Field(description="the notice line's receipts beyond expected")
     exceptions: list[int] = Field(description="exceptions the posting opened")
 
 
@@ -219,17 +207,16 @@ class ReceivedOut(BaseModel):
 async def receive(
     site: SitePath,
     body: ReceiptIn,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.RECEIVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Receive goods into a dock location, against a notice line or without one."""
-    async with Idempotent(conn, who, key, _body("receive", site, body)) as write:
-        if write.stored:
-            return write.stored
-        r = inbound.ReceiptIn(**body.model_dump())
-        done = await inbound.receive(site, r, actor=who.actor, conn=conn)
-        return await write.answer(201, _model(ReceivedOut, done))
+    receipt = inbound.ReceiptIn(**body.model_dump())
+    return await write(
+        who,
+        _body("receive", site, body),
+        lambda: inbound.receive(site, receipt, actor=who.actor, conn=write.conn),
+    )
 
 
 class ReturnIn(BaseModel):
@@ -248,17 +235,16 @@ class ReturnIn(BaseModel):
 async def receive_return(
     site: SitePath,
     body: ReturnIn,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.RETURNS)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Take goods back from a customer: always onto QC hold (document return:<reference>)."""
-    async with Idempotent(conn, who, key, _body("return", site, body)) as write:
-        if write.stored:
-            return write.stored
-        r = inbound.ReturnIn(**body.model_dump())
-        done = await inbound.receive_return(site, r, actor=who.actor, conn=conn)
-        return await write.answer(201, _model(ReceivedOut, done))
+    returned = inbound.ReturnIn(**body.model_dump())
+    return await write(
+        who,
+        _body("return", site, body),
+        lambda: inbound.receive_return(site, returned, actor=who.actor, conn=write.conn),
+    )
 
 
 # ------------------------------------------------------------------ QC
@@ -288,7 +274,7 @@ class DecidedOut(BaseModel):
     from_location: str
     to_location: str
     to_status: Literal["available", "damaged"]
-    quantity: Decimal
+    quantity: QuantityOut
     reason: str
     exceptions: list[int]
 
@@ -297,17 +283,16 @@ class DecidedOut(BaseModel):
 async def decide_qc(
     site: SitePath,
     body: QcIn,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.QC)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Release stock on QC hold (available in place) or reject it, with a reason."""
-    async with Idempotent(conn, who, key, _body("qc", site, body)) as write:
-        if write.stored:
-            return write.stored
-        q = inbound.QcIn(**body.model_dump())
-        done = await inbound.decide_qc(site, q, actor=who.actor, conn=conn)
-        return await write.answer(201, _model(DecidedOut, done))
+    decision = inbound.QcIn(**body.model_dump())
+    return await write(
+        who,
+        _body("qc", site, body),
+        lambda: inbound.decide_qc(site, decision, actor=who.actor, conn=write.conn),
+    )
 
 
 # ------------------------------------------------------------------ putaway
@@ -316,8 +301,8 @@ async def decide_qc(
 class CandidateOut(BaseModel):
     location: str
     zone: str
-    capacity: Decimal | None
-    on_hand: Decimal
+    capacity: QuantityOut | None
+    on_hand: QuantityOut
     holds_sku: bool
     holds_lot: bool
 
@@ -325,7 +310,7 @@ class CandidateOut(BaseModel):
 class SuggestionOut(BaseModel):
     sku: str
     lot: str
-    quantity: Decimal
+    quantity: QuantityOut
     location: str | None = Field(description="null: no storage location fits")
     reason: str
     alternatives: list[CandidateOut]
@@ -364,7 +349,7 @@ class PutAwayOut(BaseModel):
     serial: str
     lpn: str
     status: str
-    quantity: Decimal
+    quantity: QuantityOut
     from_location: str
     to_location: str
     suggested: str | None = Field(description="where the suggestion rule would have put it")
@@ -376,17 +361,16 @@ class PutAwayOut(BaseModel):
 async def put_away(
     site: SitePath,
     body: PutawayIn,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.PUTAWAY)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Move stock from the dock into a location (the suggested one or the clerk's choice)."""
-    async with Idempotent(conn, who, key, _body("putaway", site, body)) as write:
-        if write.stored:
-            return write.stored
-        p = putaway.PutawayIn(**body.model_dump())
-        done = await putaway.put_away(site, p, actor=who.actor, conn=conn)
-        return await write.answer(201, _model(PutAwayOut, done))
+    move = putaway.PutawayIn(**body.model_dump())
+    return await write(
+        who,
+        _body("putaway", site, body),
+        lambda: putaway.put_away(site, move, actor=who.actor, conn=write.conn),
+    )
 
 
 # ------------------------------------------------------------------ transfers
@@ -425,9 +409,9 @@ class TransferLineOut(BaseModel):
     lot: str
     serial: str
     lpn: str
-    shipped: Decimal
-    received: Decimal
-    in_transit: Decimal
+    shipped: QuantityOut
+    received: QuantityOut
+    in_transit: QuantityOut
 
 
 class TransferOut(BaseModel):
@@ -445,19 +429,20 @@ class TransferOut(BaseModel):
 @router.post("/transfers", status_code=201, response_model=TransferOut, responses=WRITE)
 async def ship_transfer(
     body: TransferIn,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.TRANSFER)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Ship stock to another site: it waits in the sending site's TRANSIT until received."""
     if not who.covers(body.from_site):
         raise Forbidden(f"shipping from site {body.from_site!r} needs access to it")
-    async with Idempotent(conn, who, key, _body("transfer.ship", None, body)) as write:
-        if write.stored:
-            return write.stored
-        lines = [transfers.TransferLineIn(**line.model_dump()) for line in body.lines]
-        done = await transfers.ship(body.from_site, body.to_site, lines, actor=who.actor, conn=conn)
-        return await write.answer(201, _model(TransferOut, done))
+    lines = [transfers.TransferLineIn(**line.model_dump()) for line in body.lines]
+    return await write(
+        who,
+        _body("transfer.ship", None, body),
+        lambda: transfers.ship(
+            body.from_site, body.to_site, lines, actor=who.actor, conn=write.conn
+        ),
+    )
 
 
 @router.get("/transfers", response_model=list[TransferOut], responses=READ)
@@ -466,8 +451,8 @@ async def list_transfers(
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
     site: SiteQuery = None,
     state: Literal["in_transit", "received", "cancelled"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[TransferOut]:
     """Transfers from or to the sites the caller covers, newest first."""
     found = await transfers.list_transfers(
@@ -492,16 +477,15 @@ async def get_transfer(
 async def receive_transfer(
     transfer: ReferencePath,
     body: TransferReceiptIn,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.TRANSFER)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Receive (part of) a transfer at its receiving site; partial receipts are allowed."""
-    async with Idempotent(conn, who, key, _body("transfer.receive", transfer, body)) as write:
-        if write.stored:
-            return write.stored
-        lines = [transfers.TransferLineIn(**line.model_dump()) for line in body.lines]
-        done = await transfers.receive(
-            transfer, body.location, lines, visible=who.covers, actor=who.actor, conn=conn
-        )
-        return await write.answer(201, _model(TransferOut, done))
+    lines = [transfers.TransferLineIn(**line.model_dump()) for line in body.lines]
+    return await write(
+        who,
+        _body("transfer.receive", transfer, body),
+        lambda: transfers.receive(
+            transfer, body.location, lines, visible=who.covers, actor=who.actor, conn=write.conn
+        ),
+    )

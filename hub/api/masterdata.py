@@ -13,65 +13,50 @@ import hashlib
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from warelink.hub import csvio
 from warelink.hub.access import Permission, Principal
-from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
-from warelink.hub.api.fields import CodePath, SiteId, SitePath, SiteQuery
+from warelink.hub.api.deps import Allow, Conn, Idempotent, Write, json_response
+from warelink.hub.api.fields import (
+    CodePath,
+    CodeQuery,
+    Coordinate,
+    Gln,
+    IdempotencyKey,
+    Limit,
+    LpnCode,
+    Offset,
+    QuantityOut,
+    RecordCode,
+    RecordEpc,
+    RecordGtin,
+    RecordIdent,
+    RecordName,
+    RecordNumber,
+    RecordPositive,
+    ShelfLife,
+    SiteId,
+    SitePath,
+    SiteQuery,
+)
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
 from warelink.hub.errors import Forbidden, Invalid
 from warelink.hub.masterdata import records as masterdata
 from warelink.hub.stock import sites as queries
-from warelink.protocol.limits import CODE_MAX, NAME_MAX
 
 router = APIRouter(tags=["master data"])
 
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
+DEFAULT_PAGE = 100
 
-# ------------------------------------------------------------------ field types
-
-# Master data is held to the CSV import's rules (csvio), within the API's bounds (fields).
-Code = Annotated[str, Field(min_length=1, max_length=CODE_MAX, pattern=csvio.CODE_PATTERN)]
-Ident = Annotated[str, Field(min_length=1, max_length=CODE_MAX, pattern=csvio.IDENT_PATTERN)]
-Name = Annotated[str, Field(max_length=NAME_MAX, pattern=csvio.TEXT_PATTERN)]
-Gtin = Annotated[
-    str,
-    Field(pattern=r"^([0-9]{8}|[0-9]{12,14})$", description="GTIN-8/12/13/14, check digit valid;"
-          " stored as 14 digits"),
-    AfterValidator(csvio.gtin),
-]  # fmt: skip
-Gln = Annotated[
-    str, Field(pattern=r"^[0-9]{13}$", description="GLN, check digit valid"),
-    AfterValidator(csvio.gln),
-]  # fmt: skip
-Epc = Annotated[
-    str, Field(pattern=r"^(0[xX])?[0-9A-Fa-f]{24}$", description="96-bit EPC in hex"),
-    AfterValidator(csvio.epc),
-]  # fmt: skip
-LpnCode = Annotated[
-    str,
-    Field(min_length=1, max_length=CODE_MAX, pattern=csvio.CODE_PATTERN,
-          description="an SSCC (18 digits, check digit valid) or another code with a letter"),
-    AfterValidator(csvio.lpn_code),
-]  # fmt: skip
-Coordinate = Annotated[
-    float, Field(ge=-csvio.MAX_COORDINATE, le=csvio.MAX_COORDINATE, allow_inf_nan=False)
-]
-NonNegative = Annotated[Decimal, Field(ge=0, le=csvio.MAX_NUMBER, allow_inf_nan=False)]
-Positive = Annotated[Decimal, Field(gt=0, le=csvio.MAX_NUMBER, allow_inf_nan=False)]
-ShelfLife = Annotated[int, Field(gt=0, le=36500)]
 ZoneKind = Literal["dock", "storage", "qc", "staging", "shipping"]
 Tracking = Literal["none", "lot", "serial"]
 PickPolicy = Literal["fifo", "fefo"]
-
-# Path segments are CodePath, looser than Code: devices may name locations outside it.
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows per page")]
-Offset = Annotated[int, Query(ge=0, le=10_000_000, description="rows to skip")]
+# Records are made with RecordCode (fields), stricter than the CodePath that names one:
+# devices may name locations outside it.
 
 
 class Input(BaseModel):
@@ -83,12 +68,12 @@ class Input(BaseModel):
 
 class SiteIn(Input):
     id: SiteId
-    name: Name = ""
+    name: RecordName = ""
     gln: Gln | None = None
 
 
 class SitePatch(Input):
-    name: Name | None = None
+    name: RecordName | None = None
     gln: Gln | None = None
 
 
@@ -105,13 +90,13 @@ class SiteDetail(BaseModel):
 
 
 class ZoneIn(Input):
-    code: Code
-    name: Name = ""
+    code: RecordCode
+    name: RecordName = ""
     kind: ZoneKind = "storage"
 
 
 class ZonePatch(Input):
-    name: Name | None = None
+    name: RecordName | None = None
     kind: ZoneKind | None = None
 
 
@@ -123,18 +108,18 @@ class Zone(BaseModel):
 
 
 class LocationPatch(Input):
-    zone: Code | None = None
+    zone: RecordCode | None = None
     gln: Gln | None = None
     x: Coordinate | None = None
     y: Coordinate | None = None
-    capacity: NonNegative | None = Field(None, description="units it holds; null: unlimited")
-    sku_class: Code | None = None
+    capacity: RecordNumber | None = Field(None, description="units it holds; null: unlimited")
+    sku_class: RecordCode | None = None
     held: bool | None = Field(None, description="stock moved in opens an exception")
     usable: bool | None = Field(None, description="counts toward utilisation")
 
 
 class LocationIn(LocationPatch):
-    code: Code
+    code: RecordCode
     held: bool = False
     usable: bool = True
 
@@ -147,30 +132,30 @@ class Location(BaseModel):
     gln: str | None
     x: float | None
     y: float | None
-    capacity: float | None
+    capacity: QuantityOut | None
     sku_class: str | None
     held: bool
     usable: bool
 
 
 class SkuPatch(Input):
-    gtin: Gtin | None = None
-    name: Name | None = None
-    unit: Code | None = None
-    unit_weight_kg: Positive | None = None
-    weight_tolerance_pct: NonNegative | None = None
+    gtin: RecordGtin | None = None
+    name: RecordName | None = None
+    unit: RecordCode | None = None
+    unit_weight_kg: RecordPositive | None = None
+    weight_tolerance_pct: RecordNumber | None = None
     tracking: Tracking | None = None
     shelf_life_days: ShelfLife | None = None
-    sku_class: Code | None = None
+    sku_class: RecordCode | None = None
     requires_qc: bool | None = None
     pick_policy: PickPolicy | None = None
 
 
 class SkuIn(SkuPatch):
-    code: Code
-    name: Name = ""
-    unit: Code = "EA"
-    weight_tolerance_pct: NonNegative = Decimal(2)
+    code: RecordCode
+    name: RecordName = ""
+    unit: RecordCode = "EA"
+    weight_tolerance_pct: RecordNumber = Decimal(2)
     tracking: Tracking = "none"
     requires_qc: bool = False
     pick_policy: PickPolicy = "fifo"
@@ -181,8 +166,8 @@ class Sku(BaseModel):
     gtin: str | None
     name: str
     unit: str
-    unit_weight_kg: float | None
-    weight_tolerance_pct: float
+    unit_weight_kg: QuantityOut | None
+    weight_tolerance_pct: QuantityOut
     tracking: str
     shelf_life_days: int | None
     sku_class: str | None
@@ -197,7 +182,7 @@ class LotPatch(Input):
 
 
 class LotIn(LotPatch):
-    lot: Ident
+    lot: RecordIdent
 
 
 class Lot(BaseModel):
@@ -208,11 +193,11 @@ class Lot(BaseModel):
 
 
 class SerialPatch(Input):
-    epc: Epc | None = Field(None, description="the item's SGTIN-96 tag")
+    epc: RecordEpc | None = Field(None, description="the item's SGTIN-96 tag")
 
 
 class SerialIn(SerialPatch):
-    serial: Ident
+    serial: RecordIdent
 
 
 class Serial(BaseModel):
@@ -223,7 +208,7 @@ class Serial(BaseModel):
 
 class LpnPatch(Input):
     site: SiteId | None = None
-    epc: Epc | None = Field(None, description="the pallet's SSCC-96 tag")
+    epc: RecordEpc | None = Field(None, description="the pallet's SSCC-96 tag")
 
 
 class LpnIn(LpnPatch):
@@ -285,18 +270,12 @@ READ = READ_ERRORS
 WRITE = WRITE_ERRORS
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: float(v) if isinstance(v, Decimal) else v for k, v in row.items()}
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 def _page(rows: list[dict[str, Any]], limit: int, offset: int) -> Response:
     more = len(rows) > limit
-    return _json({"items": [_plain(r) for r in rows[:limit]], "limit": limit, "offset": offset,
-                  "next_offset": offset + limit if more else None})  # fmt: skip
+    next_offset = offset + limit if more else None
+    return json_response(
+        {"items": rows[:limit], "limit": limit, "offset": offset, "next_offset": next_offset}
+    )
 
 
 async def _list(
@@ -311,37 +290,34 @@ async def _list(
 
 async def _get(entity: str, key: tuple[str, ...], conn: Conn, who: Principal) -> Response:
     row = await masterdata.get(csvio.ENTITIES[entity], key, scope=who.sites, conn=conn)
-    return _json(_plain(row))
+    return json_response(row)
 
 
 async def _create(
-    entity: str, parent: dict[str, str], body: Input, conn: Conn, who: Principal, key: str | None
+    entity: str, parent: dict[str, str], body: Input, write: Write, who: Principal
 ) -> Response:
     values = {**parent, **body.model_dump()}
-    async with Idempotent(conn, who, key, {"create": entity, **parent, **_fp(body)}) as write:
-        if write.stored:
-            return write.stored
+
+    async def created() -> dict[str, Any]:
         if "site" in parent:
-            await queries.require_site(parent["site"], conn=conn)
+            await queries.require_site(parent["site"], conn=write.conn)
         if "sku" in parent:
-            await masterdata.require_sku(parent["sku"], conn=conn)
-        row = await masterdata.create(
-            csvio.ENTITIES[entity], values, scope=who.sites, actor=who.actor, conn=conn
+            await masterdata.require_sku(parent["sku"], conn=write.conn)
+        return await masterdata.create(
+            csvio.ENTITIES[entity], values, scope=who.sites, actor=who.actor, conn=write.conn
         )
-        return await write.answer(201, _plain(row))
+
+    return await write(who, {"create": entity, **parent, **_fp(body)}, created)
 
 
 async def _update(
-    entity: str, path: tuple[str, ...], body: Input, conn: Conn, who: Principal, key: str | None
+    entity: str, path: tuple[str, ...], body: Input, write: Write, who: Principal
 ) -> Response:
     changes = body.model_dump(exclude_unset=True)
-    async with Idempotent(conn, who, key, {"update": entity, "key": path, **_fp(body)}) as write:
-        if write.stored:
-            return write.stored
-        row = await masterdata.update(
-            csvio.ENTITIES[entity], path, changes, scope=who.sites, actor=who.actor, conn=conn
-        )
-        return await write.answer(200, _plain(row))
+    return await write(who, {"update": entity, "key": path, **_fp(body)}, lambda: (
+        masterdata.update(csvio.ENTITIES[entity], path, changes, scope=who.sites,
+                          actor=who.actor, conn=write.conn)
+    ))  # fmt: skip
 
 
 def _fp(body: BaseModel) -> dict[str, Any]:
@@ -355,40 +331,31 @@ WriteWho = Annotated[Principal, Allow(Permission.MASTERDATA_WRITE)]
 
 
 @router.post("/sites", response_model=SiteDetail, status_code=201, responses=WRITE)
-async def create_site(body: SiteIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-                      ) -> Response:  # fmt: skip
+async def create_site(body: SiteIn, write: Write, who: WriteWho) -> Response:
     """A new site with its virtual locations (supplier, customer, adjustment, scrap, transit).
 
     Only an identity covering every site may create one.
     """
-    async with Idempotent(conn, who, key, {"create": "site", **_fp(body)}) as write:
-        if write.stored:
-            return write.stored
-        row = await masterdata.create_site(
-            body.id, body.name, body.gln, scope=who.sites, actor=who.actor, conn=conn
-        )
-        return await write.answer(201, row)
+    return await write(who, {"create": "site", **_fp(body)}, lambda: masterdata.create_site(
+        body.id, body.name, body.gln, scope=who.sites, actor=who.actor, conn=write.conn
+    ))  # fmt: skip
 
 
 @router.get("/sites/{site}", response_model=SiteDetail, responses=READ)
 async def get_site(site: SitePath, conn: Conn, who: ReadWho) -> Response:
     """A site with how many zones, locations, licence plates and gateways it has."""
-    return _json(await masterdata.site_detail(site, conn=conn))
+    return json_response(await masterdata.site_detail(site, conn=conn))
 
 
 @router.patch("/sites/{site}", response_model=SiteDetail, responses=WRITE)
-async def update_site(
-    site: SitePath, body: SitePatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-) -> Response:
+async def update_site(site: SitePath, body: SitePatch, write: Write, who: WriteWho) -> Response:
     """Rename a site or set its GLN (null clears the GLN)."""
     changes = body.model_dump(exclude_unset=True)
     if changes.get("name", "") is None:
         changes["name"] = ""
-    async with Idempotent(conn, who, key, {"update": "site", "site": site, **_fp(body)}) as write:
-        if write.stored:
-            return write.stored
-        row = await masterdata.update_site(site, changes, actor=who.actor, conn=conn)
-        return await write.answer(200, row)
+    return await write(who, {"update": "site", "site": site, **_fp(body)}, lambda: (
+        masterdata.update_site(site, changes, actor=who.actor, conn=write.conn)
+    ))  # fmt: skip
 
 
 # ------------------------------------------------------------------ zones and locations
@@ -402,10 +369,8 @@ async def list_zones(
 
 
 @router.post("/sites/{site}/zones", response_model=Zone, status_code=201, responses=WRITE)
-async def create_zone(
-    site: SitePath, body: ZoneIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-) -> Response:
-    return await _create("zones", {"site": site}, body, conn, who, key)
+async def create_zone(site: SitePath, body: ZoneIn, write: Write, who: WriteWho) -> Response:
+    return await _create("zones", {"site": site}, body, write, who)
 
 
 @router.get("/sites/{site}/zones/{code}", response_model=Zone, responses=READ)
@@ -415,16 +380,15 @@ async def get_zone(site: SitePath, code: CodePath, conn: Conn, who: ReadWho) -> 
 
 @router.patch("/sites/{site}/zones/{code}", response_model=Zone, responses=WRITE)
 async def update_zone(
-    site: SitePath, code: CodePath, body: ZonePatch, conn: Conn, who: WriteWho,
-    key: IdempotencyKey = None,
-) -> Response:  # fmt: skip
-    return await _update("zones", (site, code), body, conn, who, key)
+    site: SitePath, code: CodePath, body: ZonePatch, write: Write, who: WriteWho
+) -> Response:
+    return await _update("zones", (site, code), body, write, who)
 
 
 @router.get("/sites/{site}/locations", response_model=Page[Location], responses=READ)
 async def list_locations(
     site: SitePath, conn: Conn, who: ReadWho, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
-    zone: Annotated[Code | None, Query()] = None,
+    zone: CodeQuery = None,
 ) -> Response:  # fmt: skip
     """Locations of a site, virtual ones included (``kind`` says which)."""
     return await _list("locations", conn, limit, offset, who, site=site, zone=zone)
@@ -433,10 +397,10 @@ async def list_locations(
 @router.post("/sites/{site}/locations", response_model=Location, status_code=201,
              responses=WRITE)  # fmt: skip
 async def create_location(
-    site: SitePath, body: LocationIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
+    site: SitePath, body: LocationIn, write: Write, who: WriteWho
 ) -> Response:
     """A storage location; virtual locations come with the site and cannot be made here."""
-    return await _create("locations", {"site": site}, body, conn, who, key)
+    return await _create("locations", {"site": site}, body, write, who)
 
 
 @router.get("/sites/{site}/locations/{code}", response_model=Location, responses=READ)
@@ -446,11 +410,10 @@ async def get_location(site: SitePath, code: CodePath, conn: Conn, who: ReadWho)
 
 @router.patch("/sites/{site}/locations/{code}", response_model=Location, responses=WRITE)
 async def update_location(
-    site: SitePath, code: CodePath, body: LocationPatch, conn: Conn, who: WriteWho,
-    key: IdempotencyKey = None,
-) -> Response:  # fmt: skip
+    site: SitePath, code: CodePath, body: LocationPatch, write: Write, who: WriteWho
+) -> Response:
     """Change a location; null resets a field to its default. Virtual ones cannot change."""
-    return await _update("locations", (site, code), body, conn, who, key)
+    return await _update("locations", (site, code), body, write, who)
 
 
 # ------------------------------------------------------------------ SKUs, lots, serials
@@ -465,9 +428,8 @@ async def list_skus(
 
 
 @router.post("/skus", response_model=Sku, status_code=201, responses=WRITE)
-async def create_sku(body: SkuIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-                     ) -> Response:  # fmt: skip
-    return await _create("skus", {}, body, conn, who, key)
+async def create_sku(body: SkuIn, write: Write, who: WriteWho) -> Response:
+    return await _create("skus", {}, body, write, who)
 
 
 @router.get("/skus/{code}", response_model=Sku, responses=READ)
@@ -476,12 +438,10 @@ async def get_sku(code: CodePath, conn: Conn, who: ReadWho) -> Response:
 
 
 @router.patch("/skus/{code}", response_model=Sku, responses=WRITE)
-async def update_sku(
-    code: CodePath, body: SkuPatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-) -> Response:
+async def update_sku(code: CodePath, body: SkuPatch, write: Write, who: WriteWho) -> Response:
     """Change a SKU; null resets a field to its default. Any change verifies an unverified
     SKU (one the ledger made from an unknown GTIN)."""
-    return await _update("skus", (code,), body, conn, who, key)
+    return await _update("skus", (code,), body, write, who)
 
 
 @router.get("/skus/{sku}/lots", response_model=Page[Lot], responses=READ)
@@ -492,10 +452,8 @@ async def list_lots(
 
 
 @router.post("/skus/{sku}/lots", response_model=Lot, status_code=201, responses=WRITE)
-async def create_lot(
-    sku: CodePath, body: LotIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-) -> Response:
-    return await _create("lots", {"sku": sku}, body, conn, who, key)
+async def create_lot(sku: CodePath, body: LotIn, write: Write, who: WriteWho) -> Response:
+    return await _create("lots", {"sku": sku}, body, write, who)
 
 
 @router.get("/skus/{sku}/lots/{lot:path}", response_model=Lot, responses=READ)
@@ -505,11 +463,10 @@ async def get_lot(sku: CodePath, lot: CodePath, conn: Conn, who: ReadWho) -> Res
 
 @router.patch("/skus/{sku}/lots/{lot:path}", response_model=Lot, responses=WRITE)
 async def update_lot(
-    sku: CodePath, lot: CodePath, body: LotPatch, conn: Conn, who: WriteWho,
-    key: IdempotencyKey = None,
-) -> Response:  # fmt: skip
+    sku: CodePath, lot: CodePath, body: LotPatch, write: Write, who: WriteWho
+) -> Response:
     """Set or clear (null) a lot's expiry."""
-    return await _update("lots", (sku, lot), body, conn, who, key)
+    return await _update("lots", (sku, lot), body, write, who)
 
 
 @router.get("/skus/{sku}/serials", response_model=Page[Serial], responses=READ)
@@ -520,11 +477,9 @@ async def list_serials(
 
 
 @router.post("/skus/{sku}/serials", response_model=Serial, status_code=201, responses=WRITE)
-async def create_serial(
-    sku: CodePath, body: SerialIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-) -> Response:
+async def create_serial(sku: CodePath, body: SerialIn, write: Write, who: WriteWho) -> Response:
     """A serial, with the EPC of its tag (an SGTIN-96 of the SKU's GTIN) if it has one."""
-    return await _create("serials", {"sku": sku}, body, conn, who, key)
+    return await _create("serials", {"sku": sku}, body, write, who)
 
 
 @router.get("/skus/{sku}/serials/{serial:path}", response_model=Serial, responses=READ)
@@ -534,11 +489,10 @@ async def get_serial(sku: CodePath, serial: CodePath, conn: Conn, who: ReadWho) 
 
 @router.patch("/skus/{sku}/serials/{serial:path}", response_model=Serial, responses=WRITE)
 async def update_serial(
-    sku: CodePath, serial: CodePath, body: SerialPatch, conn: Conn, who: WriteWho,
-    key: IdempotencyKey = None,
-) -> Response:  # fmt: skip
+    sku: CodePath, serial: CodePath, body: SerialPatch, write: Write, who: WriteWho
+) -> Response:
     """Set or clear (null) a serial's EPC."""
-    return await _update("serials", (sku, serial), body, conn, who, key)
+    return await _update("serials", (sku, serial), body, write, who)
 
 
 # ------------------------------------------------------------------ licence plates
@@ -554,10 +508,9 @@ async def list_lpns(
 
 
 @router.post("/lpns", response_model=Lpn, status_code=201, responses=WRITE)
-async def create_lpn(body: LpnIn, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-                     ) -> Response:  # fmt: skip
+async def create_lpn(body: LpnIn, write: Write, who: WriteWho) -> Response:
     """A licence plate: an SSCC (check digit validated) or an internal code."""
-    return await _create("lpns", {}, body, conn, who, key)
+    return await _create("lpns", {}, body, write, who)
 
 
 @router.get("/lpns/{code}", response_model=Lpn, responses=READ)
@@ -566,11 +519,9 @@ async def get_lpn(code: CodePath, conn: Conn, who: ReadWho) -> Response:
 
 
 @router.patch("/lpns/{code}", response_model=Lpn, responses=WRITE)
-async def update_lpn(
-    code: CodePath, body: LpnPatch, conn: Conn, who: WriteWho, key: IdempotencyKey = None
-) -> Response:
+async def update_lpn(code: CodePath, body: LpnPatch, write: Write, who: WriteWho) -> Response:
     """Bind a licence plate to a site, or set its EPC (null clears either)."""
-    return await _update("lpns", (code,), body, conn, who, key)
+    return await _update("lpns", (code,), body, write, who)
 
 
 # ------------------------------------------------------------------ CSV
@@ -589,7 +540,7 @@ class CsvResponse(Response):
 )  # fmt: skip
 async def export_csv(
     entity: ImportEntity, conn: Conn, who: ReadWho,
-    site: Annotated[SiteId | None, Query(description="only this site's rows")] = None,
+    site: SiteQuery = None,
 ) -> Response:  # fmt: skip
     """Master data as CSV, in the columns the import takes: an export imports back unchanged.
 
@@ -666,7 +617,7 @@ async def import_csv(
         if parsed.errors or plan.errors:
             return _rejected(report, parsed.errors + plan.errors)
         report |= {**plan.counts(), "errors": []}
-        return _json(report) if dry_run else await write.answer(200, report)
+        return json_response(report) if dry_run else await write.answer(200, report)
 
 
 async def _read_csv(request: Request) -> str:
@@ -689,8 +640,8 @@ class _TooLarge(Invalid):
 def _rejected(report: dict[str, Any], errors: list[csvio.LineError]) -> Response:
     ordered = sorted(errors, key=lambda e: (e.line, e.column or ""))
     lines = len({e.line for e in ordered})
-    return _json(
+    return json_response(
         {**report, "detail": f"{len(ordered)} errors on {lines} lines: nothing written",
          "errors": [e.as_dict() for e in ordered]},
-        status=422,
+        status_code=422,
     )  # fmt: skip

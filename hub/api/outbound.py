@@ -1,30 +1,31 @@
 """REST routes: outbound — release orders, pick tasks, pick, cancel, verify, ship.
 
-Thin: validate, call ``hub.operations.outbound`` or ``hub.operations.verification`` inside
-``Idempotent`` for writes, answer with the models below.
+Thin: validate, call ``hub.operations.outbound`` or ``hub.operations.verification``
+(writes through ``Write``), answer with the models below.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from warelink.hub.access import Permission, Principal
-from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
+from warelink.hub.api.deps import Allow, Conn, Write
 from warelink.hub.api.fields import (
     Code,
     CodePath,
     CodeQuery,
     EpcHex,
+    Limit,
     Name,
+    Offset,
     OptCode,
     Quantity,
+    QuantityOut,
     ReferencePath,
     SitePath,
     Text,
@@ -40,8 +41,6 @@ router = APIRouter(tags=["outbound"])
 
 TaskState = Literal["open", "picked", "verified", "shipped", "cancelled"]
 OrderState = Literal["released", "picked", "shipped", "cancelled"]
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 
 
 # ------------------------------------------------------------------ models
@@ -105,11 +104,11 @@ class TaskOut(BaseModel):
     lot: str
     location: str = Field(description="suggested source location")
     to_location: str
-    quantity: Decimal
+    quantity: QuantityOut
     state: TaskState
-    reserved: Decimal
-    picked: Decimal
-    shipped: Decimal
+    reserved: QuantityOut
+    picked: QuantityOut
+    shipped: QuantityOut
     created_at: dt.datetime
     picked_by: str | None
     picked_at: dt.datetime | None
@@ -119,12 +118,12 @@ class LineOut(BaseModel):
     line: int
     sku: str
     lot: str
-    quantity: Decimal = Field(description="ordered")
-    planned: Decimal = Field(description="in pick tasks not cancelled")
-    reserved: Decimal
-    picked: Decimal
-    shipped: Decimal
-    short: Decimal = Field(description="ordered − (open tasks + picked): what will not come")
+    quantity: QuantityOut = Field(description="ordered")
+    planned: QuantityOut = Field(description="in pick tasks not cancelled")
+    reserved: QuantityOut
+    picked: QuantityOut
+    shipped: QuantityOut
+    short: QuantityOut = Field(description="ordered − (open tasks + picked): what will not come")
 
 
 class VerificationOut(BaseModel):
@@ -134,11 +133,11 @@ class VerificationOut(BaseModel):
     pick_task: int | None
     sku: str
     lot: str
-    quantity: Decimal
+    quantity: QuantityOut
     method: Literal["scale", "rfid", "scan"]
-    weight_kg: Decimal | None
-    expected_kg: Decimal | None
-    tolerance_kg: Decimal | None
+    weight_kg: QuantityOut | None
+    expected_kg: QuantityOut | None
+    tolerance_kg: QuantityOut | None
     ok: bool
     detail: str
     actor: str
@@ -163,14 +162,6 @@ class OrderOut(OrderSummary):
     verifications: list[VerificationOut]
 
 
-def _json(model: type[BaseModel], data: Any) -> Any:
-    return model.model_validate(data).model_dump(mode="json")
-
-
-def _response(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -185,19 +176,17 @@ async def release_order(
     site: SitePath,
     body: ReleaseIn,
     who: Annotated[Principal, Allow(Permission.ORDERS_WRITE)],
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Release an order: pick tasks with reservations by FIFO/FEFO; lines say what is short."""
-    async with Idempotent(conn, who, key, {"site": site, **body.model_dump(mode="json")}) as w:
-        if w.stored:
-            return w.stored
-        order = await outbound.release_order(
-            site, reference=body.reference, customer=body.customer,
-            lines=[outbound.OrderLine(ln.sku, ln.quantity, ln.lot) for ln in body.lines],
-            staging=body.staging, partial=body.partial, actor=who.actor, at=_now(), conn=conn,
-        )  # fmt: skip
-        return await w.answer(201, _json(OrderOut, order))
+    lines = [outbound.OrderLine(line.sku, line.quantity, line.lot) for line in body.lines]
+    return await write(who, {"site": site, **body.model_dump(mode="json")}, lambda: (
+        outbound.release_order(
+            site, reference=body.reference, customer=body.customer, lines=lines,
+            staging=body.staging, partial=body.partial, actor=who.actor, at=_now(),
+            conn=write.conn,
+        )
+    ))  # fmt: skip
 
 
 @router.get("/sites/{site}/orders", response_model=list[OrderSummary], responses=READ_ERRORS)
@@ -208,11 +197,11 @@ async def list_orders(
     state: OrderState | None = None,
     limit: Limit = 100,
     offset: Offset = 0,
-) -> Response:
+) -> list[OrderSummary]:
     """The site's orders, oldest release first."""
     await queries.require_site(site, conn=conn)
     rows = await outbound.list_orders(site, state=state, limit=limit, offset=offset, conn=conn)
-    return _response([_json(OrderSummary, row) for row in rows])
+    return [OrderSummary.model_validate(row) for row in rows]
 
 
 @router.get("/sites/{site}/orders/{reference}", response_model=OrderOut, responses=READ_ERRORS)
@@ -221,9 +210,9 @@ async def get_order(
     reference: CodePath,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
     conn: Conn,
-) -> Response:
+) -> OrderOut:
     """An order with its lines, pick tasks and verifications."""
-    return _response(_json(OrderOut, await outbound.get_order(site, reference, conn=conn)))
+    return OrderOut.model_validate(await outbound.get_order(site, reference, conn=conn))
 
 
 @router.post(
@@ -234,18 +223,13 @@ async def cancel_order(
     reference: CodePath,
     body: CancelIn,
     who: Annotated[Principal, Allow(Permission.ORDERS_WRITE)],
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Cancel an order not yet shipped: reservations released, picks reversed to the shelf."""
     payload = {"site": site, "order": reference, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as w:
-        if w.stored:
-            return w.stored
-        order = await outbound.cancel_order(
-            site, reference, reason=body.reason, actor=who.actor, at=_now(), conn=conn
-        )
-        return await w.answer(200, _json(OrderOut, order))
+    return await write(who, payload, lambda: outbound.cancel_order(
+        site, reference, reason=body.reason, actor=who.actor, at=_now(), conn=write.conn
+    ))  # fmt: skip
 
 
 @router.post(
@@ -256,22 +240,17 @@ async def ship_order(
     reference: CodePath,
     body: ShipIn,
     who: Annotated[Principal, Allow(Permission.SHIP)],
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Ship what was picked: staging → CUSTOMER. A failed verification blocks it unless a
     caller with 'adjust.approve' (a supervisor) overrides with a reason."""
     if body.override and not who.allows(Permission.ADJUST_APPROVE):
         raise Forbidden("overriding a failed verification needs 'adjust.approve' (a supervisor)")
     payload = {"site": site, "order": reference, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as w:
-        if w.stored:
-            return w.stored
-        order = await outbound.ship_order(
-            site, reference, override=body.override, reason=body.reason, actor=who.actor,
-            at=_now(), conn=conn,
-        )  # fmt: skip
-        return await w.answer(200, _json(OrderOut, order))
+    return await write(who, payload, lambda: outbound.ship_order(
+        site, reference, override=body.override, reason=body.reason, actor=who.actor,
+        at=_now(), conn=write.conn,
+    ))  # fmt: skip
 
 
 # ------------------------------------------------------------------ pick tasks
@@ -286,13 +265,13 @@ async def list_tasks(
     order: CodeQuery = None,
     limit: Limit = 100,
     offset: Offset = 0,
-) -> Response:
+) -> list[TaskOut]:
     """The site's pick tasks (of one order, in one state), oldest first."""
     await queries.require_site(site, conn=conn)
     rows = await outbound.list_tasks(
         site, order_ref=order, state=state, limit=limit, offset=offset, conn=conn
     )
-    return _response([_json(TaskOut, row) for row in rows])
+    return [TaskOut.model_validate(row) for row in rows]
 
 
 @router.get("/sites/{site}/pick-tasks/{task}", response_model=TaskOut, responses=READ_ERRORS)
@@ -301,9 +280,9 @@ async def get_task(
     task: ReferencePath,
     who: Annotated[Principal, Allow(Permission.STOCK_READ)],
     conn: Conn,
-) -> Response:
+) -> TaskOut:
     """A pick task with its reserved, picked and shipped quantities."""
-    return _response(_json(TaskOut, await outbound.get_task(site, task, conn=conn)))
+    return TaskOut.model_validate(await outbound.get_task(site, task, conn=conn))
 
 
 @router.post("/sites/{site}/pick-tasks/{task}/pick", response_model=TaskOut, responses=WRITE_ERRORS)
@@ -312,19 +291,14 @@ async def pick(
     task: ReferencePath,
     body: PickIn,
     who: Annotated[Principal, Allow(Permission.PICK)],
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Confirm a pick as it happened; a short pick releases the rest of the reservation."""
     payload = {"site": site, "task": task, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as w:
-        if w.stored:
-            return w.stored
-        row = await outbound.pick(
-            site, task, location=body.location, lot=body.lot, quantity=body.quantity,
-            serials=body.serials, actor=who.actor, at=_now(), conn=conn,
-        )  # fmt: skip
-        return await w.answer(200, _json(TaskOut, row))
+    return await write(who, payload, lambda: outbound.pick(
+        site, task, location=body.location, lot=body.lot, quantity=body.quantity,
+        serials=body.serials, actor=who.actor, at=_now(), conn=write.conn,
+    ))  # fmt: skip
 
 
 @router.post(
@@ -335,18 +309,13 @@ async def cancel_task(
     task: ReferencePath,
     body: CancelIn,
     who: Annotated[Principal, Allow(Permission.ORDERS_WRITE)],
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Cancel a task not yet shipped: reservation released, a pick reversed to the shelf."""
     payload = {"site": site, "task": task, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as w:
-        if w.stored:
-            return w.stored
-        row = await outbound.cancel_task(
-            site, task, reason=body.reason, actor=who.actor, at=_now(), conn=conn
-        )
-        return await w.answer(200, _json(TaskOut, row))
+    return await write(who, payload, lambda: outbound.cancel_task(
+        site, task, reason=body.reason, actor=who.actor, at=_now(), conn=write.conn
+    ))  # fmt: skip
 
 
 # ------------------------------------------------------------------ verification
@@ -362,16 +331,13 @@ async def verify(
     site: SitePath,
     body: VerificationIn,
     who: Annotated[Principal, Allow(Permission.VERIFY)],
-    conn: Conn,
-    key: IdempotencyKey = None,
+    write: Write,
 ) -> Response:
     """Record a verification (scan, scale weight, RFID); a mismatch opens an exception."""
-    async with Idempotent(conn, who, key, {"site": site, **body.model_dump(mode="json")}) as w:
-        if w.stored:
-            return w.stored
-        await queries.require_site(site, conn=conn)
-        row = await record_verification(
+    return await write(who, {"site": site, **body.model_dump(mode="json")}, lambda: (
+        record_verification(
             site, sku=body.sku, lot=body.lot, quantity=body.quantity, weight_kg=body.weight_kg,
-            epcs=body.epcs, order_ref=body.order_ref, actor=who.actor, at=_now(), conn=conn,
-        )  # fmt: skip
-        return await w.answer(201, _json(VerificationOut, row))
+            epcs=body.epcs, order_ref=body.order_ref, actor=who.actor, at=_now(),
+            conn=write.conn,
+        )
+    ))  # fmt: skip

@@ -14,15 +14,21 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from warelink.hub.access import Permission, Principal
-from warelink.hub.api.deps import Allow, Conn, IdempotencyKey, Idempotent
-from warelink.hub.api.fields import Reference, ReferencePath, SiteId, SiteQuery, Text
+from warelink.hub.api.deps import Allow, Conn, Write
+from warelink.hub.api.fields import (
+    GatewayQuery,
+    Limit,
+    Reference,
+    ReferencePath,
+    SiteQuery,
+    Text,
+)
 from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS
 from warelink.hub.ingest import quarantine
 
 router = APIRouter(tags=["quarantine"])
 
 State = Literal["open", "released", "dismissed"]
-GatewayQuery = Annotated[SiteId | None, Query(description="a gateway id")]
 
 
 class QuarantineEntry(BaseModel):
@@ -57,7 +63,7 @@ async def list_quarantine(
     site: SiteQuery = None,
     gateway: GatewayQuery = None,
     state: State | None = "open",
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Limit = 100,
     before: Annotated[Reference | None, Query(description="entries older than this id")] = None,
 ) -> list[dict[str, Any]]:
     """What ingest set aside, newest first (open ones unless ``state`` says otherwise)."""
@@ -81,17 +87,13 @@ async def get_quarantined(
 
 
 async def _decide(
-    action: str, entry: int, body: Decision, who: Principal, key: str | None, conn: Conn
+    action: str, entry: int, body: Decision, who: Principal, write: Write
 ) -> Response:
+    decide = quarantine.release if action == "release" else quarantine.dismiss
     payload = {"op": f"quarantine.{action}", "id": entry, "note": body.note}
-    async with Idempotent(conn, who, key, payload) as write:
-        if write.stored:
-            return write.stored
-        decide = quarantine.release if action == "release" else quarantine.dismiss
-        row = await decide(entry, actor=who.actor, note=body.note, sites=who.sites, conn=conn)
-        return await write.answer(
-            200, QuarantinePayload.model_validate(row).model_dump(mode="json")
-        )
+    return await write(who, payload, lambda: decide(
+        entry, actor=who.actor, note=body.note, sites=who.sites, conn=write.conn
+    ))  # fmt: skip
 
 
 @router.post("/quarantine/{entry}/release", response_model=QuarantinePayload,
@@ -99,14 +101,13 @@ async def _decide(
 async def release_quarantined(
     entry: ReferencePath,
     body: Decision,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.QUARANTINE_DECIDE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Apply a quarantined event now (after the fix that lets it through): decoded and
     checked again, stored and posted to the ledger as if it had just arrived; 409 says
     why not if it still fails."""
-    return await _decide("release", entry, body, who, key, conn)
+    return await _decide("release", entry, body, who, write)
 
 
 @router.post("/quarantine/{entry}/dismiss", response_model=QuarantinePayload,
@@ -114,9 +115,8 @@ async def release_quarantined(
 async def dismiss_quarantined(
     entry: ReferencePath,
     body: Decision,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.QUARANTINE_DECIDE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Close an entry without applying it (forged, or nothing to recover)."""
-    return await _decide("dismiss", entry, body, who, key, conn)
+    return await _decide("dismiss", entry, body, who, write)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from warelink.hub.access import Permission, Principal
 from warelink.hub.api.deps import Allow, HubDep, json_response
-from warelink.hub.api.fields import SitePath
+from warelink.hub.api.fields import QuantityOut, SitePath
 from warelink.hub.api.problems import errors
 from warelink.hub.ingest import gateways as gateway_queries
-from warelink.hub.live.stream import balance
 from warelink.hub.stock import balances
 from warelink.hub.stock import sites as site_queries
 
@@ -36,7 +35,7 @@ class StockLine(BaseModel):
     serial: str
     lpn: str
     status: str
-    quantity: float
+    quantity: QuantityOut
 
 
 class SiteStock(BaseModel):
@@ -67,6 +66,12 @@ class GatewayInfo(BaseModel):
     quarantined: int = Field(description="open quarantine entries (GET /api/v1/quarantine)")
     quarantine_overflow: int = Field(description="malformed messages counted, not kept")
     gap_anomalies: int = Field(description="gaps too wide for any outbox: reported, not asked for")
+    outbox: str | None = Field(description="the identity of the outbox the hub acks for")
+    refused_outbox: str | None = Field(
+        description="the latest other outbox under this id, refused: neither stored nor acked"
+    )
+    refused_at: dt.datetime | None
+    refused_messages: int = Field(description="births and batches of refused outboxes")
 
 
 @router.get("/sites", response_model=list[Site], tags=["sites"], responses=AUTH_ERRORS)
@@ -93,10 +98,9 @@ async def stock(
 ) -> Response:
     """Non-zero balances of a site by location, SKU and lot."""
     async with hub.pool.connection() as conn:
-        if not await site_queries.site_exists(site, conn=conn):
-            raise HTTPException(404, f"no site {site!r}")
+        await site_queries.require_site(site, conn=conn)
         lines = await balances.site_stock(site, include_virtual=include_virtual, conn=conn)
-    return json_response({"site": site, "lines": [balance(b) for b in lines]})
+    return json_response({"site": site, "lines": [balances.line_json(b) for b in lines]})
 
 
 @router.get(

@@ -1,7 +1,7 @@
 """REST routes: stock control — cycle counts, adjustments and their reason codes.
 
-Thin: validate, call ``hub.counts`` / ``hub.adjustments`` inside ``Idempotent`` for
-writes, answer with the pydantic model the route declares.
+Thin: validate, call ``hub.operations.counts`` / ``.adjustments`` (writes through
+``Write``), answer with the pydantic model the route declares.
 """
 
 from __future__ import annotations
@@ -10,18 +10,22 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer
+from psycopg import AsyncConnection
+from pydantic import AwareDatetime, BaseModel, Field
 
 from warelink.hub.access import Permission, Principal
-from warelink.hub.api.deps import Allow, Conn, HubDep, IdempotencyKey, Idempotent
+from warelink.hub.api.deps import Allow, Conn, HubDep, Write
 from warelink.hub.api.fields import (
     Change,
     Code,
     CodeQuery,
     Counted,
+    Limit,
+    Offset,
     OptCode,
+    QuantityOut,
     ReferencePath,
     SitePath,
     Text,
@@ -30,11 +34,6 @@ from warelink.hub.api.problems import READ_ERRORS, WRITE_ERRORS, errors
 from warelink.hub.operations import adjustments, counts
 
 router = APIRouter(tags=["stock control"])
-
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0, le=10**9)]
-# Quantities leave as plain decimal strings ("12.5", never "1.25E+1"): exact, and JSON-safe.
-QuantityOut = Annotated[Decimal, PlainSerializer(lambda q: format(q, "f"), return_type=str)]
 
 
 # ------------------------------------------------------------------ counts
@@ -100,9 +99,9 @@ def _sees_quantities(who: Principal) -> bool:
     return who.allows(Permission.COUNT_APPROVE) or who.allows(Permission.LEDGER_READ)
 
 
-async def _count(site: str, count_id: int, *, blind: bool, conn: Conn) -> dict[str, Any]:
-    row = await counts.get(site, count_id, with_variance=not blind, conn=conn)
-    return Count.model_validate(row).model_dump(mode="json")
+async def _blind(site: str, count_id: int, *, conn: AsyncConnection) -> dict[str, Any]:
+    """What the counter sees of a count: no system quantities."""
+    return await counts.get(site, count_id, with_variance=False, conn=conn)
 
 
 @router.post("/sites/{site}/counts", response_model=Count, status_code=201,
@@ -110,17 +109,17 @@ async def _count(site: str, count_id: int, *, blind: bool, conn: Conn) -> dict[s
 async def open_count(
     site: SitePath,
     body: OpenCount,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.COUNT)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Open a cycle count of a location, to be counted blind."""
+
+    async def opened() -> dict[str, Any]:
+        count_id = await counts.open_count(site, body.location, actor=who.actor, conn=write.conn)
+        return await _blind(site, count_id, conn=write.conn)
+
     payload = {"op": "count.open", "site": site, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as write:
-        if write.stored:
-            return write.stored
-        count_id = await counts.open_count(site, body.location, actor=who.actor, conn=conn)
-        return await write.answer(201, await _count(site, count_id, blind=True, conn=conn))
+    return await write(who, payload, opened)
 
 
 @router.get("/sites/{site}/counts", response_model=list[CountSummary], responses=READ_ERRORS)
@@ -157,41 +156,37 @@ async def record_count(
     site: SitePath,
     count_id: ReferencePath,
     body: RecordCount,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.COUNT)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Record what was counted (open → counted); a variance opens a count_variance exception."""
-    payload = {"op": "count.record", "site": site, "count": count_id,
-               **body.model_dump(mode="json")}  # fmt: skip
-    async with Idempotent(conn, who, key, payload) as write:
-        if write.stored:
-            return write.stored
-        lines = [counts.CountedLine(line.sku, line.lot, line.counted) for line in body.lines]
+    lines = [counts.CountedLine(line.sku, line.lot, line.counted) for line in body.lines]
+
+    async def recorded() -> dict[str, Any]:
         await counts.record(
-            site, count_id, lines, actor=who.actor, complete=body.complete, conn=conn,
+            site, count_id, lines, actor=who.actor, complete=body.complete, conn=write.conn,
             counted_at=body.counted_at or dt.datetime.now(dt.UTC),
         )  # fmt: skip
-        return await write.answer(200, await _count(site, count_id, blind=True, conn=conn))
+        return await _blind(site, count_id, conn=write.conn)
+
+    payload = {"op": "count.record", "site": site, "count": count_id,
+               **body.model_dump(mode="json")}  # fmt: skip
+    return await write(who, payload, recorded)
 
 
-async def _decide(
-    site: str, count_id: int, step: str, who: Principal, key: str | None, conn: Conn
-) -> Response:
-    async with Idempotent(conn, who, key, {"op": f"count.{step}", "site": site,
-                                           "count": count_id}) as write:  # fmt: skip
-        if write.stored:
-            return write.stored
-        status, shown = 200, count_id
-        if step == "approve":
-            await counts.approve(site, count_id, actor=who.actor, conn=conn)
-        elif step == "reject":
-            await counts.reject(site, count_id, actor=who.actor, conn=conn)
-        else:
-            status = 201
-            shown = await counts.request_recount(site, count_id, actor=who.actor, conn=conn)
-        return await write.answer(status, await _count(site, shown, blind=step == "recount",
-                                                       conn=conn))  # fmt: skip
+async def _decide(site: str, count_id: int, step: str, who: Principal, write: Write) -> Response:
+    """Approve or reject (answers the count), or ask for a recount (answers the new one)."""
+
+    async def decided() -> dict[str, Any]:
+        conn = write.conn
+        if step == "recount":
+            recount_id = await counts.request_recount(site, count_id, actor=who.actor, conn=conn)
+            return await _blind(site, recount_id, conn=conn)
+        decide = counts.approve if step == "approve" else counts.reject
+        await decide(site, count_id, actor=who.actor, conn=conn)
+        return await counts.get(site, count_id, with_variance=True, conn=conn)
+
+    return await write(who, {"op": f"count.{step}", "site": site, "count": count_id}, decided)
 
 
 @router.post("/sites/{site}/counts/{count_id}/approve", response_model=Count,
@@ -199,15 +194,14 @@ async def _decide(
 async def approve_count(
     site: SitePath,
     count_id: ReferencePath,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.COUNT_APPROVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Approve (counted → approved): store each baseline, post counted − baseline.
 
     The approver must not be the counter (403).
     """
-    return await _decide(site, count_id, "approve", who, key, conn)
+    return await _decide(site, count_id, "approve", who, write)
 
 
 @router.post("/sites/{site}/counts/{count_id}/recount", response_model=Count, status_code=201,
@@ -215,12 +209,11 @@ async def approve_count(
 async def recount(
     site: SitePath,
     count_id: ReferencePath,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.COUNT_APPROVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Ask for a recount (counted → recount); answers the new, open count."""
-    return await _decide(site, count_id, "recount", who, key, conn)
+    return await _decide(site, count_id, "recount", who, write)
 
 
 @router.post("/sites/{site}/counts/{count_id}/reject", response_model=Count,
@@ -228,12 +221,11 @@ async def recount(
 async def reject_count(
     site: SitePath,
     count_id: ReferencePath,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.COUNT_APPROVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Reject (counted → rejected): nothing is posted."""
-    return await _decide(site, count_id, "reject", who, key, conn)
+    return await _decide(site, count_id, "reject", who, write)
 
 
 # ------------------------------------------------------------------ adjustments
@@ -285,34 +277,26 @@ async def reason_codes(
     return [ReasonCode.model_validate(row) for row in await adjustments.reason_codes(conn=conn)]
 
 
-async def _adjustment(site: str, adjustment_id: int, *, conn: Conn) -> dict[str, Any]:
-    row = await adjustments.get(site, adjustment_id, conn=conn)
-    return Adjustment.model_validate(row).model_dump(mode="json")
-
-
 @router.post("/sites/{site}/adjustments", response_model=Adjustment, status_code=201,
              responses=WRITE_ERRORS)  # fmt: skip
 async def request_adjustment(
     site: SitePath,
     body: AdjustmentRequest,
-    conn: Conn,
+    write: Write,
     hub: HubDep,
     who: Annotated[Principal, Allow(Permission.ADJUST)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Request an adjustment: posted at once within the approval threshold, else pending."""
-    payload = {"op": "adjustment.request", "site": site, **body.model_dump(mode="json")}
-    async with Idempotent(conn, who, key, payload) as write:
-        if write.stored:
-            return write.stored
-        change = adjustments.Requested(
-            location=body.location, sku=body.sku, lot=body.lot, serial=body.serial,
-            status=body.status, quantity=body.quantity, reason=body.reason, note=body.note,
-        )  # fmt: skip
-        threshold = Decimal(hub.settings.adjustment_approval_threshold)
+    change = adjustments.Requested(**body.model_dump())
+    threshold = Decimal(hub.settings.adjustment_approval_threshold)
+
+    async def requested() -> dict[str, Any]:
         adjustment_id = await adjustments.request(site, change, actor=who.actor,
-                                                  threshold=threshold, conn=conn)  # fmt: skip
-        return await write.answer(201, await _adjustment(site, adjustment_id, conn=conn))
+                                                  threshold=threshold, conn=write.conn)  # fmt: skip
+        return await adjustments.get(site, adjustment_id, conn=write.conn)
+
+    payload = {"op": "adjustment.request", "site": site, **body.model_dump(mode="json")}
+    return await write(who, payload, requested)
 
 
 @router.get("/sites/{site}/adjustments", response_model=list[Adjustment], responses=READ_ERRORS)
@@ -342,16 +326,16 @@ async def get_adjustment(
 
 
 async def _decide_adjustment(
-    site: str, adjustment_id: int, approve: bool, who: Principal, key: str | None, conn: Conn
+    site: str, adjustment_id: int, approve: bool, who: Principal, write: Write
 ) -> Response:
-    step = "approve" if approve else "reject"
-    async with Idempotent(conn, who, key, {"op": f"adjustment.{step}", "site": site,
-                                           "adjustment": adjustment_id}) as write:  # fmt: skip
-        if write.stored:
-            return write.stored
-        decide = adjustments.approve if approve else adjustments.reject
-        await decide(site, adjustment_id, actor=who.actor, conn=conn)
-        return await write.answer(200, await _adjustment(site, adjustment_id, conn=conn))
+    step, decide = ("approve", adjustments.approve) if approve else ("reject", adjustments.reject)
+
+    async def decided() -> dict[str, Any]:
+        await decide(site, adjustment_id, actor=who.actor, conn=write.conn)
+        return await adjustments.get(site, adjustment_id, conn=write.conn)
+
+    payload = {"op": f"adjustment.{step}", "site": site, "adjustment": adjustment_id}
+    return await write(who, payload, decided)
 
 
 @router.post("/sites/{site}/adjustments/{adjustment_id}/approve", response_model=Adjustment,
@@ -359,12 +343,11 @@ async def _decide_adjustment(
 async def approve_adjustment(
     site: SitePath,
     adjustment_id: ReferencePath,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.ADJUST_APPROVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Approve a pending adjustment (posted); not the requester's own (403)."""
-    return await _decide_adjustment(site, adjustment_id, True, who, key, conn)
+    return await _decide_adjustment(site, adjustment_id, True, who, write)
 
 
 @router.post("/sites/{site}/adjustments/{adjustment_id}/reject", response_model=Adjustment,
@@ -372,9 +355,8 @@ async def approve_adjustment(
 async def reject_adjustment(
     site: SitePath,
     adjustment_id: ReferencePath,
-    conn: Conn,
+    write: Write,
     who: Annotated[Principal, Allow(Permission.ADJUST_APPROVE)],
-    key: IdempotencyKey = None,
 ) -> Response:
     """Reject a pending adjustment (nothing posted); not the requester's own (403)."""
-    return await _decide_adjustment(site, adjustment_id, False, who, key, conn)
+    return await _decide_adjustment(site, adjustment_id, False, who, write)

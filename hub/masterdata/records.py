@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from warelink.hub.csvio import Entity, LineError, Row, row_checks, sgtin_of
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
 from warelink.hub.stock import audit
+from warelink.hub.stock.balances import quantity_text
 
 Mode = Literal["upsert", "create"]
 Scope = frozenset[str] | None  # the sites a principal may act on; None: every site
@@ -487,5 +488,11 @@ async def import_rows(
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Decimal) or hasattr(v, "isoformat") else v
-            for k, v in values.items()}  # fmt: skip
+    return {k: _text(v) for k, v in values.items()}
+
+
+def _text(value: Any) -> Any:
+    """Decimals as the API writes them, dates and times in ISO 8601."""
+    if isinstance(value, Decimal):
+        return quantity_text(value)
+    return str(value) if hasattr(value, "isoformat") else value

@@ -18,9 +18,10 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
-from warelink.hub.operations.counts import require_internal_location, require_skus
+from warelink.hub.operations.counts import require_skus
 from warelink.hub.stock import audit, ledger
-from warelink.hub.stock.sites import require_site
+from warelink.hub.stock.balances import quantity_text
+from warelink.hub.stock.sites import require_location, require_site
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ async def request(
 ) -> int:
     """Record the request; post it now if |quantity| is within the threshold."""
     await require_site(site, conn=conn)
-    await require_internal_location(site, change.location, conn=conn)
+    await require_location(site, change.location, conn=conn)
     await require_skus([change.sku], conn=conn)
     await _require_reason(change.reason, conn=conn)
     if change.status not in ledger.STATUSES:
@@ -79,7 +80,7 @@ async def request(
         movements = await _post(adjustment_id, actor=actor, conn=conn)
     await audit.record(actor, "adjustment.request", site=site,
                        subject=f"adjustment:{adjustment_id}",
-                       detail={"quantity": str(change.quantity), "reason": change.reason,
+                       detail={"quantity": quantity_text(change.quantity), "reason": change.reason,
                                "posted": immediate, "movements": movements},
                        conn=conn)  # fmt: skip
     return adjustment_id

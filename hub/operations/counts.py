@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 
 from warelink.hub.errors import Conflict, Forbidden, Invalid, NotFound
 from warelink.hub.stock import audit, exceptions, ledger
-from warelink.hub.stock.sites import require_site
+from warelink.hub.stock.sites import require_location, require_site
 
 STATES = ("open", "counted", "recount", "approved", "rejected")
 # what each step needs the count to be in, and what it leaves it in
@@ -48,18 +48,6 @@ class CountedLine:
 
 
 # ------------------------------------------------------------------ checks shared with adjustments
-
-
-async def require_internal_location(site: str, location: str, *, conn: AsyncConnection) -> None:
-    """Stock is counted and adjusted at real locations only, never at a virtual one."""
-    cur = await conn.execute(
-        "SELECT kind FROM locations WHERE site = %s AND code = %s", (site, location)
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise Invalid(f"no location {location!r} at site {site!r}")
-    if row[0] != "internal":
-        raise Invalid(f"{location!r} is a virtual location ({row[0]}): name a real location")
 
 
 async def require_skus(skus: Sequence[str], *, conn: AsyncConnection) -> None:
@@ -162,7 +150,7 @@ async def _lines(count_id: int, *, conn: AsyncConnection) -> list[dict[str, Any]
 async def open_count(site: str, location: str, *, actor: str, conn: AsyncConnection) -> int:
     """A new count of a location, to be counted blind (no system quantities shown)."""
     await require_site(site, conn=conn)
-    await require_internal_location(site, location, conn=conn)
+    await require_location(site, location, conn=conn)
     count_id = await _insert_count(site, location, actor=actor, recount_of=None, conn=conn)
     await audit.record(actor, "count.open", site=site, subject=f"count:{count_id}",
                        detail={"location": location}, conn=conn)  # fmt: skip

@@ -19,8 +19,9 @@ from psycopg import AsyncConnection
 
 from warelink.hub.errors import Conflict, Invalid, NotFound
 from warelink.hub.stock import audit, ledger
+from warelink.hub.stock.balances import quantity_text
 from warelink.hub.stock.ledger import CUSTOMER, SCRAP, SUPPLIER, VIRTUAL, BalanceKey, Leg, Posted
-from warelink.hub.stock.sites import require_site
+from warelink.hub.stock.sites import require_location, require_site
 from warelink.protocol.gs1 import is_valid_check_digit
 
 
@@ -76,32 +77,6 @@ def check_lpn(lpn: str) -> None:
     """An all-digit licence plate of 18 digits is an SSCC: its check digit must hold."""
     if len(lpn) == 18 and lpn.isascii() and lpn.isdigit() and not is_valid_check_digit(lpn):
         raise Invalid(f"SSCC {lpn} has a wrong check digit")
-
-
-async def require_location(
-    site: str, code: str, *, conn: AsyncConnection, zone_kinds: Sequence[str] = ()
-) -> str | None:
-    """A real (internal) location of the site, in a zone of one of ``zone_kinds`` if given.
-
-    Returns the location's zone kind.
-    """
-    cur = await conn.execute(
-        "SELECT l.kind, z.kind FROM locations l LEFT JOIN zones z"
-        " ON z.site = l.site AND z.code = l.zone WHERE l.site = %s AND l.code = %s",
-        (site, code),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise NotFound(f"no location {code!r} at site {site!r}")
-    kind, zone_kind = row
-    if kind != "internal":
-        raise Invalid(f"{code} is the virtual {kind} location: name a real location")
-    if zone_kinds and zone_kind not in zone_kinds:
-        raise Invalid(
-            f"{code} is not in a {' or '.join(zone_kinds)} zone (its zone is"
-            f" {zone_kind or 'not set'})"
-        )
-    return zone_kind  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------ registering items
@@ -365,7 +340,7 @@ async def finish_notice(
         raise Conflict(f"notice {notice} has receipts: close it instead of cancelling")
     await conn.execute("UPDATE advance_notices SET state = %s WHERE id = %s", (to_state, notice))
     short = {
-        str(line.line): str(line.expected - line.received)
+        str(line.line): quantity_text(line.expected - line.received)
         for line in before.lines
         if line.received < line.expected
     }
@@ -543,11 +518,13 @@ async def receive(site: str, r: ReceiptIn, *, actor: str, conn: AsyncConnection)
 
 def jsonable(obj: Any) -> dict[str, Any]:
     """An answer as audit detail: its set fields, Decimals and dates as text."""
-    return {
-        k: (str(v) if isinstance(v, Decimal | dt.date) else v)
-        for k, v in vars(obj).items()
-        if v not in (None, "", [])
-    }
+    return {k: _as_text(v) for k, v in vars(obj).items() if v not in (None, "", [])}
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return quantity_text(value)
+    return str(value) if isinstance(value, dt.date) else value
 
 
 # ------------------------------------------------------------------ QC

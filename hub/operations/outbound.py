@@ -23,8 +23,9 @@ from psycopg.rows import dict_row
 
 from warelink.hub.errors import Conflict, Invalid, NotFound
 from warelink.hub.stock import audit, ledger
+from warelink.hub.stock.balances import quantity_text
 from warelink.hub.stock.ledger import CUSTOMER, Leg
-from warelink.hub.stock.sites import require_site
+from warelink.hub.stock.sites import require_location, require_site
 
 ZERO = Decimal(0)
 PICKABLE_ZONE_KINDS = ("storage",)  # besides locations in no zone
@@ -117,11 +118,11 @@ async def release_order(
     if short and not partial:
         listed = ", ".join(f"line {s['line']} ({s['sku']}): {s['short']} short" for s in short)
         raise Conflict(f"not enough available stock to release {reference!r}: {listed}")
+    shown = [{**s, "ordered": quantity_text(s["ordered"]), "short": quantity_text(s["short"])}
+             for s in short]  # fmt: skip
     await audit.record(
         actor, "order.release", site=site, subject=reference,
-        detail={"lines": len(lines), "short": [{**s, "ordered": str(s["ordered"]),
-                                                "short": str(s["short"])} for s in short]},
-        conn=conn,
+        detail={"lines": len(lines), "short": shown}, conn=conn,
     )  # fmt: skip
     await _refresh_order_state(site, reference, conn=conn)
     return await get_order(site, reference, conn=conn)
@@ -138,12 +139,7 @@ async def _skus(codes: Sequence[str], *, conn: AsyncConnection) -> dict[str, dic
 async def _staging_location(site: str, named: str | None, *, conn: AsyncConnection) -> str:
     """The named location, or the site's first location in a staging zone."""
     if named is not None:
-        cur = await conn.execute(
-            "SELECT kind FROM locations WHERE site = %s AND code = %s", (site, named)
-        )
-        row = await cur.fetchone()
-        if row is None or row[0] != "internal":
-            raise Invalid(f"staging {named!r} is not an internal location of site {site!r}")
+        await require_location(site, named, conn=conn)
         return named
     cur = await conn.execute(
         "SELECT l.code FROM locations l JOIN zones z ON z.site = l.site AND z.code = l.zone"
@@ -489,7 +485,7 @@ async def pick(
     if quantity > row["quantity"]:
         raise Invalid(f"pick task {task} asks for {row['quantity']}: {quantity} is too many")
     lot = row["lot"] if lot is None else lot
-    await _require_internal(site, location, conn=conn)
+    await require_location(site, location, conn=conn)
     tracking = (await _skus([row["sku"]], conn=conn))[row["sku"]]["tracking"]
     wanted = list(serials or [])
     if tracking == "serial":
@@ -514,20 +510,12 @@ async def pick(
     await audit.record(
         actor, "pick_task.pick", site=site, subject=str(task),
         detail={"order": row["order_ref"], "location": location, "lot": lot,
-                "quantity": str(quantity), "short": str(row["quantity"] - quantity),
+                "quantity": quantity_text(quantity),
+                "short": quantity_text(row["quantity"] - quantity),
                 "serials": wanted, "movements": posted.movements},
         conn=conn,
     )  # fmt: skip
     return await get_task(site, task, conn=conn)
-
-
-async def _require_internal(site: str, location: str, *, conn: AsyncConnection) -> None:
-    cur = await conn.execute(
-        "SELECT kind FROM locations WHERE site = %s AND code = %s", (site, location)
-    )
-    row = await cur.fetchone()
-    if row is None or row[0] != "internal":
-        raise Invalid(f"{location!r} is not an internal location of site {site!r}")
 
 
 async def _draw(

@@ -22,11 +22,10 @@ from warelink.hub.operations.inbound import (
     jsonable,
     now,
     post_from_stock,
-    require_location,
 )
 from warelink.hub.stock import audit
 from warelink.hub.stock.ledger import Leg
-from warelink.hub.stock.sites import require_site
+from warelink.hub.stock.sites import require_location, require_site
 
 
 @dataclass(frozen=True)

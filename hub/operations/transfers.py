@@ -22,11 +22,10 @@ from warelink.hub.operations.inbound import (
     find_sku,
     now,
     post_from_stock,
-    require_location,
 )
 from warelink.hub.stock import audit, ledger
 from warelink.hub.stock.ledger import TRANSIT, Leg
-from warelink.hub.stock.sites import require_site
+from warelink.hub.stock.sites import require_location, require_site
 
 
 @dataclass(frozen=True)

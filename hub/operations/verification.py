@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from warelink.hub.errors import NotFound
 from warelink.hub.operations import outbound
 from warelink.hub.stock import audit, exceptions
+from warelink.hub.stock.sites import require_site
 
 
 async def record_verification(
@@ -44,13 +45,15 @@ async def record_verification(
 ) -> dict[str, Any]:
     """Check, store one ``verifications`` row, open ``verify_mismatch`` if it failed.
 
-    ``sku`` is a SKU code or GTIN. An unknown SKU is ``NotFound``; so is an unknown order
-    from REST, while a device event naming an unknown order is stored as a mismatch.
+    ``sku`` is a SKU code or GTIN. An unknown site or SKU is ``NotFound``; so is an
+    unknown order from REST, while a device event naming an unknown order is stored as a
+    mismatch.
     """
     if source_gateway is not None and source_seq is not None:
         stored = await _by_source(source_gateway, source_seq, conn=conn)
         if stored is not None:
             return stored
+    await require_site(site, conn=conn)
     item = await _sku(sku, conn=conn)
     code = item["code"]
     method = "rfid" if epcs is not None else "scale" if weight_kg is not None else "scan"

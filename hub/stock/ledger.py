@@ -29,7 +29,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from warelink.hub.stock import exceptions
-from warelink.hub.stock.balances import BalanceChange
+from warelink.hub.stock.balances import BalanceChange, quantity_text
 
 SUPPLIER, CUSTOMER, ADJUSTMENT, SCRAP, TRANSIT = (
     "SUPPLIER", "CUSTOMER", "ADJUSTMENT", "SCRAP", "TRANSIT",
@@ -413,7 +413,7 @@ def _rule_exceptions(
                     f"{change.lpn}/{change.status}",
                     {"location": change.location, "sku": change.sku, "lot": change.lot,
                      "serial": change.serial, "lpn": change.lpn, "status": change.status,
-                     "quantity": str(change.quantity)},
+                     "quantity": quantity_text(change.quantity)},
                     legs[cause].actor if cause is not None else "ledger",
                     movement=ids[cause] if cause is not None else None,
                 )
@@ -424,7 +424,7 @@ def _rule_exceptions(
                 exceptions.Raised(
                     leg.target_site, "held_location", f"{leg.to_location}/{ids[i]}",
                     {"location": leg.to_location, "sku": leg.sku, "lot": leg.lot,
-                     "quantity": str(leg.quantity), "kind": leg.kind},
+                     "quantity": quantity_text(leg.quantity), "kind": leg.kind},
                     leg.actor, movement=ids[i],
                 )
             )  # fmt: skip

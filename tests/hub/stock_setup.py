@@ -23,6 +23,28 @@ async def make_site(api: Api, site: str, locations: tuple[str, ...] = ("A1",)) -
             await conn.execute("INSERT INTO skus (code) VALUES (%s) ON CONFLICT DO NOTHING", (sku,))
 
 
+async def two_sites(api: Api) -> None:
+    """Two sites, dock/storage/staging locations, a SKU with stock, a device on a gateway."""
+    async with api.hub.pool.connection() as conn, conn.transaction():
+        await conn.execute("INSERT INTO sites (id) VALUES ('north'), ('south')")
+        await conn.execute(
+            "INSERT INTO zones (site, code, kind) VALUES ('north', 'DOCK', 'dock'),"
+            " ('north', 'STORE', 'storage'), ('north', 'STAGE', 'staging'),"
+            " ('south', 'STORE', 'storage')"
+        )
+        await conn.execute(
+            "INSERT INTO locations (site, code, kind, zone) VALUES"
+            " ('north', 'D1', 'internal', 'DOCK'), ('north', 'A1', 'internal', 'STORE'),"
+            " ('north', 'P1', 'internal', 'STAGE'), ('south', 'B1', 'internal', 'STORE')"
+        )
+        await conn.execute("INSERT INTO skus (code) VALUES ('PLAIN')")
+        await conn.execute("INSERT INTO gateways (id, site) VALUES ('gw-1', 'north')")
+        await conn.execute(
+            "INSERT INTO devices (site, gateway, id) VALUES ('north', 'gw-1', 'scale-1')"
+        )
+    await post(api, receipt("north", 100, location="A1", sku="PLAIN"))
+
+
 async def post(api: Api, *legs: ledger.Leg) -> ledger.Posted:
     async with api.hub.pool.connection() as conn, conn.transaction():
         return await ledger.post(legs, conn=conn)

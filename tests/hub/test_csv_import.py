@@ -126,13 +126,13 @@ async def test_dry_run_counts_and_upsert_writes_once_with_one_audit_row(api: Api
     r = await post_csv(admin, "skus", second)
     assert (r.json()["created"], r.json()["updated"], r.json()["unchanged"]) == (1, 1, 1)
     sku = (await admin.get("/api/v1/skus/C")).json()
-    assert (sku["unit"], sku["tracking"], sku["weight_tolerance_pct"]) == ("EA", "none", 2)
+    assert (sku["unit"], sku["tracking"], sku["weight_tolerance_pct"]) == ("EA", "none", "2")
     assert (await admin.get("/api/v1/skus/B")).json()["name"] == "Beta v2"
 
     # A column left out keeps what is stored.
     r = await post_csv(admin, "skus", "code,name\nA,Alpha 2\n")
     assert r.json()["updated"] == 1
-    assert (await admin.get("/api/v1/skus/A")).json()["unit_weight_kg"] == 1.5
+    assert (await admin.get("/api/v1/skus/A")).json()["unit_weight_kg"] == "1.5"
 
     audits = await scalar(
         api, "SELECT json_agg(detail ORDER BY id) FROM audit_log WHERE action = 'masterdata.import'"

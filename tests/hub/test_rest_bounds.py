@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.hub.stock_setup import post, receipt
+from tests.hub.stock_setup import two_sites
 from tests.support.api import Api
 from warelink.protocol.limits import CODE_MAX, ID_MAX, QUANTITY_MAX, TEXT_MAX
 
@@ -147,28 +147,6 @@ async def test_out_of_bounds_values_are_refused_naming_the_field(api: Api, modul
     assert wrong == []
 
 
-async def _floor(api: Api) -> None:
-    """Two sites, dock/storage/staging locations, a SKU with stock, a device on a gateway."""
-    async with api.hub.pool.connection() as conn, conn.transaction():
-        await conn.execute("INSERT INTO sites (id) VALUES ('north'), ('south')")
-        await conn.execute(
-            "INSERT INTO zones (site, code, kind) VALUES ('north', 'DOCK', 'dock'),"
-            " ('north', 'STORE', 'storage'), ('north', 'STAGE', 'staging'),"
-            " ('south', 'STORE', 'storage')"
-        )
-        await conn.execute(
-            "INSERT INTO locations (site, code, kind, zone) VALUES"
-            " ('north', 'D1', 'internal', 'DOCK'), ('north', 'A1', 'internal', 'STORE'),"
-            " ('north', 'P1', 'internal', 'STAGE'), ('south', 'B1', 'internal', 'STORE')"
-        )
-        await conn.execute("INSERT INTO skus (code) VALUES ('PLAIN')")
-        await conn.execute("INSERT INTO gateways (id, site) VALUES ('gw-1', 'north')")
-        await conn.execute(
-            "INSERT INTO devices (site, gateway, id) VALUES ('north', 'gw-1', 'scale-1')"
-        )
-    await post(api, receipt("north", 100, location="A1", sku="PLAIN"))
-
-
 ACCEPTED: dict[str, list[Case]] = {
     "inbound": [
         ("POST", f"{S}/receipts", RECEIPT | {"quantity": QUANTITY_MAX}, "201"),
@@ -205,7 +183,7 @@ ACCEPTED: dict[str, list[Case]] = {
 
 @pytest.mark.parametrize("module", ACCEPTED)
 async def test_valid_requests_within_the_bounds_still_succeed(api: Api, module: str) -> None:
-    await _floor(api)
+    await two_sites(api)
     admin = await api.client("alice")
     wrong = []
     for method, url, body, status in ACCEPTED[module]:
