@@ -1,23 +1,21 @@
 """The site config file (TOML): the gateway and the devices it talks to.
 
 Validated once at start; a bad file gets an error naming the file, the key and the
-problem, e.g. ``site.toml: devices[1].port: field required``.
+problem, e.g. ``site.toml: devices[1].port: field required``. The device kinds, and
+the config model of each, come from the driver registry (``edge/drivers/registry.py``).
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig, StrictModel
-from warelink.edge.drivers.ble import BleAdapterConfig, BleScaleConfig, BleScannerConfig
-from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
-from warelink.edge.drivers.modbus import ModbusDeviceConfig, ModbusScaleConfig
-from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
-from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
+from warelink.edge.device_config import StrictModel
+from warelink.edge.drivers.ble import BleAdapterConfig
+from warelink.edge.drivers.registry import KINDS, DeviceConfig
 from warelink.protocol.topics import check_name
 
 
@@ -54,24 +52,6 @@ class GatewayConfig(StrictModel):
         return check_name(value, "name")
 
 
-DeviceConfig = Annotated[
-    MtSicsScaleConfig
-    | LineScannerConfig
-    | ZplPrinterConfig
-    | ModbusScaleConfig
-    | ModbusDeviceConfig
-    | LlrpReaderConfig
-    | Vda5050AgvConfig
-    | BleScaleConfig
-    | BleScannerConfig,
-    Field(discriminator="kind"),
-]
-DEVICE_KINDS = {
-    "mtsics_scale", "line_scanner", "zpl_printer", "modbus_scale", "modbus_device",
-    "llrp_reader", "vda5050_agv", "ble_scale", "ble_scanner",
-}  # fmt: skip
-
-
 class SiteConfig(StrictModel):
     gateway: GatewayConfig
     devices: list[DeviceConfig] = Field(default_factory=list)
@@ -84,12 +64,6 @@ class SiteConfig(StrictModel):
             if device.id in seen:
                 raise ValueError(f"device id {device.id!r} is declared twice")
             seen.add(device.id)
-            if (
-                isinstance(device, LineScannerConfig)
-                and device.purpose == "receive"
-                and not device.location
-            ):
-                raise ValueError(f"device {device.id!r}: purpose 'receive' needs a location")
         return devices
 
 
@@ -98,7 +72,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in DEVICE_KINDS:
+        elif part in KINDS:
             continue  # the discriminator's branch, not a key the user wrote
         else:
             out += f".{part}" if out else str(part)

@@ -2,14 +2,16 @@
 
 Each device kind's config is a pydantic model with ``kind: Literal[...]``; the kinds of
 the newer drivers live beside their driver (``edge/drivers/*.py``) and build on these
-bases. ``edge/config.py`` gathers every kind into the site config.
+bases. Each driver module declares its kind (``SPEC``), and
+``edge/drivers/registry.py`` lists them: the site config (``edge/config.py``) takes its
+union of device configs from there.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from warelink.protocol.topics import check_name
 
@@ -55,3 +57,9 @@ class LineScannerConfig(SerialDevice):
 
     kind: Literal["line_scanner"]
     purpose: Literal["scan", "receive"] = "scan"
+
+    @model_validator(mode="after")
+    def _receive_needs_location(self) -> Self:
+        if self.purpose == "receive" and not self.location:
+            raise ValueError(f"device {self.id!r}: purpose 'receive' needs a location")
+        return self

@@ -6,26 +6,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import structlog
 
 from warelink.edge.commands import CommandRouter
-from warelink.edge.config import ConfigError, DeviceConfig, SiteConfig
-from warelink.edge.device_config import LineScannerConfig, MtSicsScaleConfig
-from warelink.edge.drivers.base import Driver, Emit
-from warelink.edge.drivers.ble import BleBackend, BleScaleConfig, BleScannerConfig, hci_backend
-from warelink.edge.drivers.llrp_reader import LlrpReaderConfig
-from warelink.edge.drivers.modbus import (
-    ModbusBusConflict,
-    ModbusBuses,
-    ModbusDeviceConfig,
-    ModbusDeviceDriver,
-    ModbusScaleConfig,
-    ModbusScaleDriver,
-)
-from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig
-from warelink.edge.drivers.zpl_printer import ZplPrinterConfig
+from warelink.edge.config import ConfigError, SiteConfig
+from warelink.edge.drivers.base import DeviceConflict, DriverContext
+from warelink.edge.drivers.ble import hci_backend
+from warelink.edge.drivers.modbus import ModbusBuses
+from warelink.edge.drivers.registry import build_driver
 from warelink.edge.handheld import HandheldApi, LatestWeights, serve_handheld_api
 from warelink.edge.metrics import serve_metrics
 from warelink.edge.outbox import Outbox, OutboxPolicy, Pressure
@@ -36,57 +25,6 @@ log = structlog.get_logger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
 HOUSEKEEPING_S = 1.0
-
-
-def make_driver(
-    device: DeviceConfig,
-    emit: Emit,
-    *,
-    data_dir: Path,
-    buses: ModbusBuses,
-    ble: BleBackend | None = None,
-) -> Driver:
-    """The driver of a declared device.
-
-    ``data_dir`` holds what a driver keeps on disk; ``buses`` gives the Modbus devices of
-    one physical bus one client and one lock; ``ble`` is the BLE adapter all BLE devices
-    share (None: the system's, through bleak's own backend).
-    """
-    if isinstance(device, ModbusScaleConfig):
-        return ModbusScaleDriver(device, emit, buses=buses)
-    if isinstance(device, ModbusDeviceConfig):
-        return ModbusDeviceDriver(device, emit, buses=buses)
-    # Imported here so a gateway loads only the drivers its site declares.
-    if isinstance(device, LlrpReaderConfig):
-        from warelink.edge.drivers.llrp_reader import LlrpReaderDriver
-
-        return LlrpReaderDriver(device, emit)
-    if isinstance(device, BleScaleConfig):
-        from warelink.edge.drivers.ble import BleScaleDriver
-
-        return BleScaleDriver(device, emit, backend=ble)
-    if isinstance(device, BleScannerConfig):
-        from warelink.edge.drivers.ble import BleScannerDriver
-
-        return BleScannerDriver(device, emit, backend=ble)
-    if isinstance(device, Vda5050AgvConfig):
-        from warelink.edge.drivers.vda5050_agv import Vda5050AgvDriver
-
-        return Vda5050AgvDriver(device, emit)
-    if isinstance(device, ZplPrinterConfig):
-        from warelink.edge.drivers.zpl_printer import ZplPrinterDriver
-
-        journal = (device.state_dir or data_dir) / f"zpl-{device.id}.sqlite3"
-        return ZplPrinterDriver(device, emit, state_path=journal)
-    if isinstance(device, MtSicsScaleConfig):
-        from warelink.edge.drivers.mtsics_scale import MtSicsScaleDriver
-
-        return MtSicsScaleDriver(device, emit)
-    if isinstance(device, LineScannerConfig):
-        from warelink.edge.drivers.line_scanner import LineScannerDriver
-
-        return LineScannerDriver(device, emit)
-    raise AssertionError(f"no driver for {device!r}")
 
 
 class Gateway:
@@ -107,21 +45,21 @@ class Gateway:
                 synchronous=gw.synchronous,
             ),
         )
-        buses = ModbusBuses()
         self.weights = LatestWeights()  # for the handhelds' verify
-        emit = self.weights.wrap(self.outbox.add)
         try:
             self.ble = hci_backend(gw.ble)  # opened on first use, by the BLE drivers
         except ModuleNotFoundError as exc:
             raise ConfigError(f"gateway.ble: {exc}") from None
+        # What every driver gets: where to emit, where to keep files, the shared buses.
+        context = DriverContext(
+            emit=self.weights.wrap(self.outbox.add),
+            data_dir=gw.data_dir,
+            modbus_buses=ModbusBuses(),
+            ble=self.ble,
+        )
         try:
-            self.drivers = {
-                device.id: make_driver(
-                    device, emit, data_dir=gw.data_dir, buses=buses, ble=self.ble
-                )
-                for device in config.devices
-            }
-        except ModbusBusConflict as exc:  # two devices disagree about one bus's settings
+            self.drivers = {device.id: build_driver(device, context) for device in config.devices}
+        except DeviceConflict as exc:  # e.g. two devices disagree about one bus's settings
             raise ConfigError(f"devices: {exc}") from None
         self.router = CommandRouter(self.outbox, self.drivers)
         self.uplink = Uplink(

@@ -4,19 +4,31 @@ A driver owns its connection to one device: it reconnects with backoff, logs onc
 the device fails and once when it recovers, and turns what the device says into typed
 event bodies of the right traffic class, handed to ``emit``. ``emit`` returns once the
 event is durable in the outbox.
+
+A driver module declares what it drives as a ``DriverSpec`` (its kind, its config model,
+its factory); ``warelink.edge.drivers.registry`` lists them, and the site config and the
+gateway know device kinds only from there.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, get_args
 
+from warelink.edge.device_config import DeviceBase
 from warelink.protocol.backoff import Backoff
 from warelink.protocol.messages import DeviceState, DeviceStatus, EventBody, TrafficClass
 
+if TYPE_CHECKING:
+    from warelink.edge.drivers.ble import BleBackend
+    from warelink.edge.drivers.modbus import ModbusBuses
+
 __all__ = [
-    "Backoff", "CommandFailed", "CommandRejected", "Commandable", "Driver", "Emit", "Presence",
+    "Backoff", "CommandFailed", "CommandRejected", "Commandable", "DeviceConflict", "Driver",
+    "DriverContext", "DriverSpec", "Emit", "Presence",
 ]  # fmt: skip
 
 
@@ -36,6 +48,53 @@ class Driver(Protocol):
     async def run(self) -> None:
         """Talk to the device until cancelled; never returns on device errors."""
         ...
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What a gateway hands every driver it builds: the outbox's ``emit``, the directory
+    for what a driver keeps on disk, and the resources devices share (one Modbus client
+    and lock per physical bus; one BLE adapter, None for the system's)."""
+
+    emit: Emit
+    data_dir: Path
+    modbus_buses: ModbusBuses | None = None
+    ble: BleBackend | None = None
+
+
+ConfigT = TypeVar("ConfigT", bound=DeviceBase)
+
+
+@dataclass(frozen=True)
+class DriverSpec(Generic[ConfigT]):
+    """One device kind, declared by its driver module as ``SPEC`` and listed once in the
+    registry.
+
+    ``config`` is the pydantic model of a ``[[devices]]`` table of this kind (its ``kind``
+    field is ``Literal[kind]``); ``build`` makes the driver of one declared device (it
+    raises ``DeviceConflict`` for a device that cannot run beside the ones built before
+    it); ``example`` is the least a site config declares for this kind, as TOML keys after
+    ``id`` and ``kind``: it documents the kind and lets a test parse and build every kind.
+    """
+
+    kind: str
+    config: type[ConfigT]
+    build: Callable[[ConfigT, DriverContext], Driver]
+    example: str
+
+    def __post_init__(self) -> None:
+        field = self.config.model_fields.get("kind")
+        declared = get_args(field.annotation) if field is not None else ()
+        if declared != (self.kind,):
+            raise TypeError(
+                f"{self.config.__name__}.kind must be Literal[{self.kind!r}] to match its"
+                f" DriverSpec, not {field and field.annotation}"
+            )
+
+
+class DeviceConflict(ValueError):
+    """Devices valid one by one that cannot run together (e.g. two Modbus devices that
+    disagree about their shared bus's settings): a site config error."""
 
 
 class CommandRejected(Exception):

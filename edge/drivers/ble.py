@@ -43,7 +43,7 @@ from bleak.exc import BleakError
 from pydantic import Field, field_validator, model_validator
 
 from warelink.edge.device_config import DeviceBase, StrictModel
-from warelink.edge.drivers.base import Backoff, Emit, Presence
+from warelink.edge.drivers.base import Backoff, DriverSpec, Emit, Presence
 from warelink.edge.drivers.scan_events import scan_to_event
 from warelink.protocol.ble_gatt import (
     NUS_TX_UUID,
@@ -376,3 +376,20 @@ class BleScannerDriver(_BleDriver):
         if receiving and isinstance(event, Scan) and (scan.gtin or scan.content_gtin):
             self._log.warning("receipt scan with count 0, sent as a plain scan", raw=scan.raw)
         await self._emit(self.device_id, TrafficClass.LEDGER, event)
+
+
+# ------------------------------------------------------------- registry entry
+
+SCALE_SPEC = DriverSpec(
+    kind="ble_scale",
+    config=BleScaleConfig,
+    build=lambda config, context: BleScaleDriver(config, context.emit, backend=context.ble),
+    example='address = "C4:7C:8D:6A:11:02"',
+)
+
+SCANNER_SPEC = DriverSpec(
+    kind="ble_scanner",
+    config=BleScannerConfig,
+    build=lambda config, context: BleScannerDriver(config, context.emit, backend=context.ble),
+    example='address = "D0:2B:20:71:0C:9A"',
+)

@@ -16,7 +16,7 @@ import serial_asyncio
 import structlog
 
 from warelink.edge.device_config import LineScannerConfig
-from warelink.edge.drivers.base import Backoff, Emit, Presence
+from warelink.edge.drivers.base import Backoff, DriverSpec, Emit, Presence
 from warelink.edge.drivers.scan_events import scan_to_event
 from warelink.protocol.gs1 import Gs1Scan, LineDecoder, Malformed
 from warelink.protocol.messages import (
@@ -127,3 +127,13 @@ class LineScannerDriver:
         )
         self._bad_lines = 0
         self._bad_sample = None
+
+
+# ------------------------------------------------------------- registry entry
+
+SPEC = DriverSpec(
+    kind="line_scanner",
+    config=LineScannerConfig,
+    build=lambda config, context: LineScannerDriver(config, context.emit),
+    example='port = "/dev/ttyUSB1"',
+)

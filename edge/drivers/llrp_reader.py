@@ -37,7 +37,7 @@ import structlog
 from pydantic import Field, model_validator
 
 from warelink.edge.device_config import StrictModel, TcpDevice
-from warelink.edge.drivers.base import Backoff, Emit, Presence
+from warelink.edge.drivers.base import Backoff, DriverSpec, Emit, Presence
 from warelink.protocol.epc import EpcDecodeError, decode_epc
 from warelink.protocol.llrp import (
     Action,
@@ -329,4 +329,13 @@ class LlrpReaderDriver:
             await self._emit(self.device_id, TrafficClass.LEDGER, shipment)
 
 
-__all__ = ["LlrpReaderConfig", "LlrpReaderDriver", "PortalConfig"]
+# ------------------------------------------------------------- registry entry
+
+SPEC = DriverSpec(
+    kind="llrp_reader",
+    config=LlrpReaderConfig,
+    build=lambda config, context: LlrpReaderDriver(config, context.emit),
+    example='host = "10.0.3.30"\nantennas = { 1 = "DOCK-1-IN" }',
+)
+
+__all__ = ["SPEC", "LlrpReaderConfig", "LlrpReaderDriver", "PortalConfig"]

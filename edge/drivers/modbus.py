@@ -33,7 +33,15 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from warelink.edge.device_config import DeviceBase
-from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit, Presence
+from warelink.edge.drivers.base import (
+    Backoff,
+    CommandFailed,
+    CommandRejected,
+    DeviceConflict,
+    DriverSpec,
+    Emit,
+    Presence,
+)
 from warelink.protocol.messages import (
     AgvState,
     Telemetry,
@@ -575,7 +583,7 @@ class ModbusBus:
         await self.exchange(unit_id, call)
 
 
-class ModbusBusConflict(ValueError):
+class ModbusBusConflict(DeviceConflict):
     """Two devices on one bus disagree about its settings."""
 
 
@@ -791,3 +799,31 @@ class ModbusDeviceDriver(_ModbusDriverBase):
             raise CommandRejected(f"value must be a number, not {value!r}")
         await self._write(register, float(value))
         return f"{name}={value:g}"
+
+
+# ------------------------------------------------------------- registry entry
+
+SCALE_SPEC = DriverSpec(
+    kind="modbus_scale",
+    config=ModbusScaleConfig,
+    build=lambda config, context: ModbusScaleDriver(
+        config, context.emit, buses=context.modbus_buses
+    ),
+    example=(
+        'transport = "tcp"\nhost = "10.0.3.40"\nport = 502\n'
+        'weight = { name = "weight", address = 0, kind = "input", data_type = "int32" }\n'
+        'stable = { name = "stable", address = 2, kind = "input", bit = 0 }'
+    ),
+)
+
+DEVICE_SPEC = DriverSpec(
+    kind="modbus_device",
+    config=ModbusDeviceConfig,
+    build=lambda config, context: ModbusDeviceDriver(
+        config, context.emit, buses=context.modbus_buses
+    ),
+    example=(
+        'transport = "tcp"\nhost = "10.0.3.40"\nport = 502\n'
+        'registers = [{ name = "speed", address = 0, kind = "input" }]'
+    ),
+)

@@ -19,7 +19,14 @@ import serial_asyncio
 import structlog
 
 from warelink.edge.device_config import MtSicsScaleConfig
-from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit, Presence
+from warelink.edge.drivers.base import (
+    Backoff,
+    CommandFailed,
+    CommandRejected,
+    DriverSpec,
+    Emit,
+    Presence,
+)
 from warelink.protocol.messages import TrafficClass, WeightReading
 from warelink.protocol.mtsics import (
     CommandCode,
@@ -306,3 +313,13 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+# ------------------------------------------------------------- registry entry
+
+SPEC = DriverSpec(
+    kind="mtsics_scale",
+    config=MtSicsScaleConfig,
+    build=lambda config, context: MtSicsScaleDriver(config, context.emit),
+    example='port = "/dev/ttyUSB0"',
+)

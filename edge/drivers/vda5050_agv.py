@@ -32,7 +32,14 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from warelink.edge.device_config import DeviceBase
-from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit, Presence
+from warelink.edge.drivers.base import (
+    Backoff,
+    CommandFailed,
+    CommandRejected,
+    DriverSpec,
+    Emit,
+    Presence,
+)
 from warelink.protocol.messages import (
     AgvState,
     Movement,
@@ -603,3 +610,16 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+# ------------------------------------------------------------- registry entry
+
+SPEC = DriverSpec(
+    kind="vda5050_agv",
+    config=Vda5050AgvConfig,
+    build=lambda config, context: Vda5050AgvDriver(config, context.emit),
+    example=(
+        'manufacturer = "ACME"\nserial_number = "0001"\n'
+        'graph = { nodes = [{ id = "N1", x = 0.0, y = 0.0 }], edges = [] }'
+    ),
+)

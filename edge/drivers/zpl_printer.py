@@ -34,7 +34,15 @@ import structlog
 from pydantic import Field
 
 from warelink.edge.device_config import TcpDevice
-from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected, Emit, Presence
+from warelink.edge.drivers.base import (
+    Backoff,
+    CommandFailed,
+    CommandRejected,
+    DriverContext,
+    DriverSpec,
+    Emit,
+    Presence,
+)
 from warelink.protocol.messages import PrinterState, TrafficClass
 from warelink.protocol.zpl import (
     HOST_STATUS_REQUEST,
@@ -452,3 +460,19 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+# ------------------------------------------------------------- registry entry
+
+
+def _build(config: ZplPrinterConfig, context: DriverContext) -> ZplPrinterDriver:
+    journal = (config.state_dir or context.data_dir) / f"zpl-{config.id}.sqlite3"
+    return ZplPrinterDriver(config, context.emit, state_path=journal)
+
+
+SPEC = DriverSpec(
+    kind="zpl_printer",
+    config=ZplPrinterConfig,
+    build=_build,
+    example='host = "10.0.3.21"',
+)

@@ -51,7 +51,10 @@ def test_good_config_loads_with_data_dir_beside_the_file(tmp_path: Path) -> None
         (('port = "/dev/ttyUSB0"\n', ""), r"devices\[0\]\.port: Field required"),
         (('kind = "mtsics_scale"', 'kind = "toaster"'), r"devices\[0\]: Input tag 'toaster'"),
         (('site = "site-1"', 'site = "site/1"'), r"gateway\.site: Value error, name 'site/1'"),
-        (('location = "DOCK-1"\n', ""), r"devices: Value error, device 'dock-scanner': purpose"),
+        (
+            ('location = "DOCK-1"\n', ""),
+            r"devices\[1\]: Value error, device 'dock-scanner': purpose",
+        ),
         (('id = "dock-scanner"', 'id = "scale-1"'), r"device id 'scale-1' is declared twice"),
         (("[gateway]", "[gateway]\nbogus = 1"), r"gateway\.bogus: Extra inputs are not permitted"),
     ],
