@@ -1,10 +1,11 @@
 """``warelink demo``: the hub, and per simulated site its devices and its gateway.
 
 Each part runs as its own process, exactly as it would be deployed (``hub serve``,
-``sim run``, ``edge run``), with its output prefixed by its name. Ctrl-C stops the
-gateways first, then the simulators, then the hub. State lives in ``--dir`` (the
-gateways' outboxes and the site configs) and in the hub's database, so a restart picks
-up where the last run stopped.
+``sim run``, ``edge run``), with its output prefixed by its name. Ctrl-C or SIGTERM
+stops the gateways first, then the simulators, then the hub, within ``STOP_S``; no part
+outlives the demo, even when the demo is killed by SIGKILL (see ``Child``). State lives
+in ``--dir`` (the gateways' outboxes and the site configs) and in the hub's database, so
+a restart picks up where the last run stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import secrets
 import signal
 import socket
 import sys
+import traceback
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +155,14 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 class Child:
+    """A part of the demo in a process of its own, as deployed (``warelink hub serve``…).
+
+    It runs in a session (so a process group) of its own: Ctrl-C in the terminal reaches
+    the demo alone, which stops the parts in order, and a stop signals the whole group.
+    It is tethered to the demo (``warelink.sim.tether``): if the demo ends without
+    stopping it (SIGKILL, a crash), it stops by itself.
+    """
+
     def __init__(self, name: str, args: list[str]) -> None:
         self.name = name
         self.args = args
@@ -159,10 +170,21 @@ class Child:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "warelink.edge.cli", *self.args,
+            sys.executable, "-m", "warelink.sim.tether", str(os.getpid()), *self.args,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the demo, which stops children in order
+            start_new_session=True,
         )  # fmt: skip
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        """``sig`` to the child's process group: the child and anything it started."""
+        if self.process is not None and self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
 
     async def relay(self) -> int:
         """Copy the child's output, prefixed; returns its exit code when it ends."""
@@ -173,16 +195,92 @@ class Child:
             sys.stdout.flush()
         return await self.process.wait()
 
-    async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
+    async def stop(self, deadline: float) -> None:
+        """SIGTERM (a clean stop), and SIGKILL if it still runs at ``deadline``."""
+        if self.process is None or not self.running:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(10):
+        self.signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
                 await self.process.wait()
-        except TimeoutError:
-            self.process.kill()
+        if self.running:
+            print(f"warelink demo: {self.name} did not stop in time: killed", file=sys.stderr)
+            self.signal(signal.SIGKILL)
             await self.process.wait()
+
+
+STOP_S = 4.5
+"""A stop takes this long at most: the gateways get SIGTERM and up to 2 s, then the
+simulators up to 1.5 s, then the hub the rest; whatever still runs at its time is killed
+(a gateway's outbox is durable: SIGKILL loses nothing). Each takes about 1 s."""
+STOP_ORDER = (("edge", 2.0), ("sim", 1.5), ("hub", STOP_S))
+
+
+class Parts:
+    """The demo's child processes, and the one way the demo ends: ``request_stop``.
+
+    A signal (SIGINT, SIGTERM, SIGHUP), a part that exits by itself, or the clerk failing
+    cancels the demo's main task once; its ``finally`` stops every part started so far,
+    in ``STOP_ORDER``, within ``STOP_S``. A second signal during the stop kills them now.
+    """
+
+    def __init__(self, main: asyncio.Task[Any]) -> None:
+        self.main = main
+        self.children: dict[str, list[Child]] = {kind: [] for kind, _ in STOP_ORDER}
+        self.relays: list[asyncio.Task[int]] = []
+        self.stop_requested = False
+        self.stopping = False
+        self.failure: str | None = None
+
+    async def start(self, kind: str, child: Child) -> None:
+        await child.start()
+        self.children[kind].append(child)
+        relay = asyncio.create_task(child.relay(), name=f"relay-{child.name}")
+        relay.add_done_callback(lambda _: self.ended(child))
+        self.relays.append(relay)
+
+    def ended(self, child: Child) -> None:
+        if not self.stopping:
+            code = child.process.returncode if child.process is not None else None
+            self.request_stop(f"{child.name} exited with {code}")
+
+    def clerk_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            traceback.print_exception(exc)
+            self.request_stop(f"the clerk failed: {exc!r}")
+
+    def request_stop(self, failure: str | None = None) -> None:
+        if self.stop_requested:
+            if failure is None and self.stopping:  # asked again (a second Ctrl-C): no waiting
+                print("warelink demo: asked again: killing what is left", file=sys.stderr)
+                self.kill()
+            elif failure is None:  # the first request has not been taken yet: again
+                self.main.cancel()
+            return
+        self.stop_requested = True
+        self.failure = failure
+        self.main.cancel()
+
+    def kill(self) -> None:
+        for group in self.children.values():
+            for child in group:
+                child.signal(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Stop every part, in order, each kind by its deadline (see ``STOP_ORDER``)."""
+        self.stop_requested = self.stopping = True
+        if any(child.running for group in self.children.values() for child in group):
+            print("\nwarelink demo: stopping (Ctrl-C again to kill at once)", flush=True)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + STOP_S
+        try:
+            for kind, share in STOP_ORDER:
+                deadline = min(loop.time() + share, end)
+                await asyncio.gather(*(child.stop(deadline) for child in self.children[kind]))
+            if self.relays:  # the last of their output
+                await asyncio.wait(self.relays, timeout=1)
+        finally:
+            self.kill()  # none left, unless this stop itself was cut short
 
 
 async def devices_ready(configs: list[Path], timeout: float = 20) -> None:
@@ -275,20 +373,21 @@ async def clerk(url: str, key: str, configs: list[Path], interval_s: float = 15.
                 if not dock:
                     continue
                 line = dock[-1]
+                quantity = Decimal(line["quantity"])  # the hub writes quantities as text
                 await http.post(
                     f"/api/v1/sites/{site}/devices/dock-printer-1/commands",
                     json={"action": "print_sscc_label", "expires_in_s": 120,
                           "args": {"sscc": sscc_for(site, n), "gtin": line["sku"],
-                                   "lot": line["lot"], "quantity": int(line["quantity"]) or 1,
+                                   "lot": line["lot"], "quantity": int(quantity) or 1,
                                    "ship_to": f"Customer {n % 7 + 1}"}},
                 )  # fmt: skip
-                if site in agvs and line["quantity"] >= 1:  # the AGV puts the pallet away
+                if site in agvs and quantity >= 1:  # the AGV puts the pallet away
                     agv, graph = agvs[site]
                     racks = sorted(code for code in graph.locations if code.startswith("A-"))
                     args = {"order_id": f"{site}-{n}", "from": "DOCK-1",
                             "to": rng.choice(racks), "gtin": line["sku"],
                             "lot": line["lot"] or None, "lpn": line["lpn"] or None,
-                            "quantity": int(line["quantity"])}  # fmt: skip
+                            "quantity": int(quantity)}  # fmt: skip
                     moving.add((line["sku"], line["lot"], line["lpn"]))
                     await http.post(
                         f"/api/v1/sites/{site}/devices/{agv}/commands",
@@ -312,6 +411,12 @@ def sscc_for(site: str, n: int) -> str:
 
 
 async def run_demo(directory: Path, sites: int, duration: float) -> int:
+    main = asyncio.current_task()
+    assert main is not None
+    parts = Parts(main)
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:  # SIGTERM (systemd, a container, CI) and SIGHUP as Ctrl-C
+        loop.add_signal_handler(sig, parts.request_stop)
     settings = HubSettings()
     if port_in_use(settings.http_host, settings.http_port):
         raise SystemExit(
@@ -322,64 +427,51 @@ async def run_demo(directory: Path, sites: int, duration: float) -> int:
     configs = site_configs(directory, sites, str(settings.mqtt_url))
     key = settings.bootstrap_api_key or demo_key(directory)
     os.environ["WARELINK_BOOTSTRAP_API_KEY"] = key  # the hub child makes it an admin key
-    hub = Child("hub", ["hub", "serve"])
-    sims = [Child(f"sim {p.stem}", ["sim", "run", "--config", str(p), "--seed", str(i + 1)])
-            for i, p in enumerate(configs)]  # fmt: skip
-    edges = [Child(f"edge {p.stem}", ["edge", "run", "--config", str(p)]) for p in configs]
-    stopping = False
-    failed = False
+    clerking: asyncio.Task[None] | None = None
     try:
-        async with asyncio.TaskGroup() as tasks:
+        hub = Child("hub", ["hub", "serve"])
+        await parts.start("hub", hub)
+        await wait_ready(url, hub)
+        async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}) as office:
+            await demo_masterdata.seed(office, [load_site_config(p).gateway.site
+                                                for p in configs])  # fmt: skip
+        for i, path in enumerate(configs):
+            args = ["sim", "run", "--config", str(path), "--seed", str(i + 1)]
+            await parts.start("sim", Child(f"sim {path.stem}", args))
+        await devices_ready(configs)  # gateways find their devices at once, no false alarm
+        for path in configs:
+            await parts.start("edge", Child(f"edge {path.stem}", ["edge", "run", "--config",
+                                                                  str(path)]))  # fmt: skip
+        clerking = asyncio.create_task(clerk(url, key, configs), name="demo-clerk")
+        clerking.add_done_callback(parts.clerk_ended)
+        print(
+            f"\nwarelink demo is up: {len(configs)} sites, dashboard at {url}/#key={key}"
+            f"\n  API: {url}/docs (Authorize with the API key {key})"
+            f"\n  Ctrl-C stops everything; state is kept in {directory} and the database.\n",
+            flush=True,
+        )
+        await asyncio.sleep(duration if duration > 0 else float("inf"))
+    except asyncio.CancelledError:
+        if not parts.stop_requested:
+            raise  # not ours to take
+        while main.cancelling():
+            main.uncancel()
+    finally:  # whatever ends the demo, a crash too, no part of it outlives it
+        if clerking is not None:
+            clerking.cancel()
+        await parts.stop()
+    if parts.failure is not None:
+        print(f"warelink demo: {parts.failure}", file=sys.stderr)
+        return 1
+    return 0
 
-            async def watch(child: Child) -> None:
-                code = await child.relay()
-                if not stopping:
-                    raise RuntimeError(f"{child.name} exited with {code}")
 
-            await hub.start()
-            tasks.create_task(watch(hub), name="relay-hub")
-            await wait_ready(url, hub)
-            async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}) as office:
-                await demo_masterdata.seed(office, [load_site_config(p).gateway.site
-                                                    for p in configs])  # fmt: skip
-            for child in sims:
-                await child.start()
-                tasks.create_task(watch(child), name=f"relay-{child.name}")
-            await devices_ready(configs)  # gateways find their devices at once, no false alarm
-            for child in edges:
-                await child.start()
-                tasks.create_task(watch(child), name=f"relay-{child.name}")
-            clerking = tasks.create_task(clerk(url, key, configs), name="demo-clerk")
-            print(
-                f"\nwarelink demo is up: {len(configs)} sites, dashboard at {url}/#key={key}"
-                f"\n  API: {url}/docs (Authorize with the API key {key})"
-                f"\n  Ctrl-C stops everything; state is kept in {directory} and the database.\n",
-                flush=True,
-            )
-            try:
-                await asyncio.sleep(duration if duration > 0 else float("inf"))
-            finally:
-                stopping = True
-                clerking.cancel()
-                for group in (edges, sims, [hub]):
-                    await asyncio.gather(*(child.stop() for child in group))
-    except* RuntimeError as failure:
-        print(f"warelink demo: {failure.exceptions[0]}", file=sys.stderr)
-        failed = True
-    return 1 if failed else 0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def main(args: argparse.Namespace) -> int:
-    async def guarded() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            return await run_demo(args.dir, args.sites, args.duration)
-        except asyncio.CancelledError:
-            return 0
-
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return asyncio.run(guarded())
+    try:
+        return asyncio.run(run_demo(args.dir, args.sites, args.duration))
+    except KeyboardInterrupt:  # Ctrl-C before the demo took over the signals: no part yet
+        return 130
