@@ -34,6 +34,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -1256,7 +1257,7 @@ class Hostile:
             response.raise_for_status()
             lines = response.json()["lines"]
         at_dock = [line for line in lines if line["location"] == "DOCK-1" and line["lot"] == lot]
-        return float(sum(line["quantity"] for line in at_dock))
+        return float(sum(Decimal(line["quantity"]) for line in at_dock))
 
     async def _final_state(self) -> None:
         result, d = self.result, self.d
