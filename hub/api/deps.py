@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from warelink.hub.api.state import Hub
 
 
-def get_hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
+def get_hub(connection: HTTPConnection) -> Hub:
+    """The app's shared state, for REST routes and websockets alike."""
+    hub: Hub = connection.app.state.hub
     return hub
 
 
@@ -93,6 +94,16 @@ async def authenticate(hub: Hub, presented: str, address: str) -> Principal:
         raise _unauthorized(str(exc)) from None
     except AuthError as exc:
         raise _unauthorized(str(exc)) from None
+
+
+def presented_credential(connection: HTTPConnection) -> str:
+    """The credential a websocket presents: ``Authorization: Bearer …`` or ``X-API-Key``
+    as for REST, or ``access_token`` in the query (browsers cannot set headers on a
+    websocket). "" when none."""
+    bearer = connection.headers.get("authorization", "")
+    if bearer.lower().startswith("bearer "):
+        return bearer[7:]
+    return connection.headers.get("x-api-key") or connection.query_params.get("access_token", "")
 
 
 async def current_principal(

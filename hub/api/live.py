@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, WebSocket
+from fastapi import APIRouter, Depends, HTTPException, Query, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from warelink.hub.access import Permission
-from warelink.hub.api.deps import authenticate, client_address
+from warelink.hub.api.deps import HubDep, authenticate, client_address, presented_credential
 from warelink.hub.api.fields import SiteId
-from warelink.hub.api.state import Hub
 from warelink.hub.live.feed import Change, Subscriber
 from warelink.hub.live.stream import SiteStream
 
@@ -25,8 +24,10 @@ TOO_SLOW = 1013
 @router.websocket("/live")
 async def live(
     websocket: WebSocket,
+    hub: HubDep,
+    presented: Annotated[str, Depends(presented_credential)],
     site: Annotated[SiteId, Query()],
-    access_token: str | None = None,
+    access_token: Annotated[str | None, Query(description="the credential, for browsers")] = None,
     since: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     epoch: Annotated[str | None, Query(max_length=64)] = None,
 ) -> None:
@@ -38,11 +39,6 @@ async def live(
     sends ``since`` (its last version) and ``epoch``: it gets the deltas it missed, or a
     snapshot when they are no longer kept.
     """
-    hub: Hub = websocket.app.state.hub
-    presented = access_token or websocket.headers.get("x-api-key") or ""
-    bearer = websocket.headers.get("authorization", "")
-    if bearer.lower().startswith("bearer "):
-        presented = bearer[7:]
     address = client_address(websocket)
 
     async def refusal() -> tuple[int, str] | None:
