@@ -184,12 +184,11 @@ async def _not_held(
     """Why events at or below the highest seq the hub holds cannot be acked as held, or
     "" when the hub holds each of them (the same event id, or in quarantine). The hub
     never acks an event it has not stored."""
-    stored = await store.held_event_ids(gateway, [e.seq for e in events], conn=conn)
-    for event in events:
-        held = stored.get(event.seq)
-        if held is not None and held != event.id:
-            return f"seq {event.seq}: the hub holds another event ({held}) under it"
-    missing = [e.seq for e in events if e.seq not in stored and e.seq <= mark.acked_seq]
+    differ = await store.not_held(gateway, events, conn=conn)
+    for seq, held in differ:
+        if held is not None:
+            return f"seq {seq}: the hub holds another event ({held}) under it"
+    missing = [seq for seq, _ in differ if seq <= mark.acked_seq]
     if missing:
         kept = await quarantine.held_seqs(gateway, missing, conn=conn)
         if lost := [seq for seq in missing if seq not in kept]:

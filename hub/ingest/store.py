@@ -91,15 +91,18 @@ async def copy_events(rows: Sequence[Row], *, conn: AsyncConnection) -> None:
             await copy.write_row(row)
 
 
-async def held_event_ids(
-    gateway: str, seqs: Sequence[int], *, conn: AsyncConnection
-) -> dict[int, object]:
-    """The event id stored under each of these seqs of the gateway (where one is)."""
+async def not_held(
+    gateway: str, events: Sequence[Event], *, conn: AsyncConnection
+) -> list[tuple[int, object]]:
+    """Of these events, those the hub does not hold as they are: (seq, the event id
+    stored under it, or None when nothing is). Usually none: one round trip, no rows."""
     cur = await conn.execute(
-        "SELECT seq, event_id FROM events WHERE gateway = %s AND seq = ANY(%s)",
-        (gateway, list(seqs)),
+        "SELECT x.seq, e.event_id FROM unnest(%b::int8[], %b::uuid[]) AS x (seq, id)"
+        " LEFT JOIN events e ON e.gateway = %b AND e.seq = x.seq"
+        " WHERE e.event_id IS DISTINCT FROM x.id ORDER BY x.seq LIMIT 1000",
+        ([e.seq for e in events], [e.id for e in events], gateway),
     )
-    return {seq: event_id for seq, event_id in await cur.fetchall()}
+    return [(seq, held) for seq, held in await cur.fetchall()]
 
 
 async def insert_events_dedup(
@@ -146,12 +149,9 @@ async def update_gateway(
 
 
 async def record_readings(site: str, events: Sequence[Event], *, conn: AsyncConnection) -> None:
-    """Each device's latest reading among ``events`` (for the live snapshot and feed)."""
-    latest: dict[str, Event] = {}
-    for event in events:
-        known = latest.get(event.device)
-        if known is None or event.occurred_at >= known.occurred_at:
-            latest[event.device] = event
+    """Each device's latest reading among ``events`` (for the live snapshot and feed); a
+    reading older than the one kept (events that arrived late) does not replace it."""
+    latest = {event.device: event for event in events}  # in seq order: the last one wins
     if not latest:
         return
     types = BODY_TYPES

@@ -1,9 +1,10 @@
 -- The change feed (DESIGN.md, decision 6): what each transaction changed, per site, in
--- commit order, with a version that grows by one per change. Row triggers gather what a
--- transaction touches (balances, device readings, exceptions, gateways, commands) into
--- change_parts; a deferred trigger folds them at commit into one row of `changes` per
--- site and notifies 'warelink_changes' with "site version". Nothing committed can be
--- missed, whichever code path wrote it: the trigger sees every row.
+-- commit order, with a version that grows by one per change. Statement triggers gather
+-- what a transaction touches (balances, device readings, exceptions, gateways, commands)
+-- into change_parts, one INSERT … SELECT per statement from its transition table; the
+-- first of them in a transaction also queues one deferred trigger, which folds the parts
+-- at commit into one row of `changes` per site and notifies 'warelink_changes' with
+-- "site version". Nothing committed can be missed, whichever code path wrote it.
 --
 -- Versions of a site are taken at commit under the site's row lock in site_versions, in
 -- site order, after every other lock of the transaction: concurrent writers (ingest on
@@ -30,6 +31,8 @@ CREATE TABLE changes (
 CREATE INDEX changes_at ON changes (at);  -- for pruning past the retained window
 
 -- Gathered within one transaction, folded and deleted at its commit: never seen by others.
+-- change_marks holds one row per transaction that has parts: its deferred trigger folds.
+CREATE UNLOGGED TABLE change_marks (tx xid8 PRIMARY KEY);
 CREATE UNLOGGED TABLE change_parts (
     id    bigint GENERATED ALWAYS AS IDENTITY,
     tx    xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -51,58 +54,6 @@ CREATE TABLE device_readings (
     body         jsonb NOT NULL,
     PRIMARY KEY (site, device)
 );
-
-CREATE FUNCTION change_part(site text, kind text, key text, body jsonb) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO change_parts (site, kind, key, body) VALUES (site, kind, key, body)
-$$;
-
-CREATE FUNCTION feed_balance() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM change_part(NEW.site, 'balances',
-        concat_ws(E'\x1f', NEW.location, NEW.sku, NEW.lot, NEW.serial, NEW.lpn, NEW.status),
-        jsonb_build_object('location', NEW.location, 'sku', NEW.sku, 'lot', NEW.lot,
-                           'serial', NEW.serial, 'lpn', NEW.lpn, 'status', NEW.status,
-                           'quantity', trim_scale(NEW.quantity)::text));  -- exact, as REST
-    RETURN NULL;
-END $$;
-CREATE TRIGGER balances_feed AFTER INSERT OR UPDATE OF quantity ON balances
-    FOR EACH ROW EXECUTE FUNCTION feed_balance();
-
-CREATE FUNCTION feed_reading() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM change_part(NEW.site, 'devices', NEW.device,
-        jsonb_build_object('device', NEW.device, 'gateway', NEW.gateway, 'type', NEW.type,
-                           'seq', NEW.seq, 'occurred_at', NEW.occurred_at, 'body', NEW.body));
-    RETURN NULL;
-END $$;
-CREATE TRIGGER device_readings_feed AFTER INSERT OR UPDATE ON device_readings
-    FOR EACH ROW EXECUTE FUNCTION feed_reading();
-
-CREATE FUNCTION feed_exception() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM change_part(NEW.site, 'exceptions', NEW.id::text,
-        jsonb_build_object('id', NEW.id, 'kind', NEW.kind, 'subject', NEW.subject,
-                           'state', NEW.state, 'assignee', NEW.assignee,
-                           'opened_at', NEW.opened_at, 'resolved_at', NEW.resolved_at));
-    RETURN NULL;
-END $$;
-CREATE TRIGGER exceptions_feed AFTER INSERT OR UPDATE OF state, assignee ON exceptions
-    FOR EACH ROW EXECUTE FUNCTION feed_exception();
-
-CREATE FUNCTION feed_command() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM change_part(NEW.site, 'commands', NEW.key,
-        jsonb_build_object('key', NEW.key, 'device', NEW.device, 'action', NEW.action,
-                           'outcome', NEW.outcome, 'detail', NEW.detail,
-                           'finished_at', NEW.finished_at));
-    RETURN NULL;
-END $$;
-CREATE TRIGGER commands_feed_insert AFTER INSERT ON commands
-    FOR EACH ROW EXECUTE FUNCTION feed_command();
-CREATE TRIGGER commands_feed_outcome AFTER UPDATE OF outcome ON commands
-    FOR EACH ROW WHEN (OLD.outcome IS DISTINCT FROM NEW.outcome)
-    EXECUTE FUNCTION feed_command();
 
 -- Outbox identity (DESIGN.md, decision 7): seqs are unique within one outbox only. The
 -- hub acks a gateway's seqs for its current outbox; a successor (every seq past what the
@@ -128,11 +79,87 @@ ALTER TABLE exceptions ADD CONSTRAINT exceptions_kind_check CHECK (kind IN (
     'negative_balance', 'verify_mismatch', 'unknown_sku', 'unknown_epc', 'held_location',
     'count_variance', 'serial_conflict', 'floor_report', 'outbox_conflict'));
 
+-- One deferred fold per transaction: the first statement with parts marks it.
+CREATE FUNCTION mark_changes() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    me constant text := pg_current_xact_id()::text;
+BEGIN
+    IF current_setting('warelink.marked', true) IS DISTINCT FROM me THEN
+        INSERT INTO change_marks (tx) VALUES (me::xid8) ON CONFLICT DO NOTHING;
+        PERFORM set_config('warelink.marked', me, true);
+    END IF;
+END $$;
+
+CREATE FUNCTION feed_balances() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO change_parts (site, kind, key, body)
+    SELECT site, 'balances', concat_ws(E'\x1f', location, sku, lot, serial, lpn, status),
+           jsonb_build_object('location', location, 'sku', sku, 'lot', lot, 'serial', serial,
+                              'lpn', lpn, 'status', status,
+                              'quantity', trim_scale(quantity)::text)  -- exact, as REST
+    FROM changed;
+    IF FOUND THEN PERFORM mark_changes(); END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER balances_feed_insert AFTER INSERT ON balances
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION feed_balances();
+CREATE TRIGGER balances_feed_update AFTER UPDATE ON balances
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION feed_balances();
+
+CREATE FUNCTION feed_readings() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO change_parts (site, kind, key, body)
+    SELECT site, 'devices', device,
+           jsonb_build_object('device', device, 'gateway', gateway, 'type', type, 'seq', seq,
+                              'occurred_at', occurred_at, 'body', body)
+    FROM changed;
+    IF FOUND THEN PERFORM mark_changes(); END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER device_readings_feed_insert AFTER INSERT ON device_readings
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION feed_readings();
+CREATE TRIGGER device_readings_feed_update AFTER UPDATE ON device_readings
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION feed_readings();
+
+CREATE FUNCTION feed_exceptions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO change_parts (site, kind, key, body)
+    SELECT site, 'exceptions', id::text,
+           jsonb_build_object('id', id, 'kind', kind, 'subject', subject, 'state', state,
+                              'assignee', assignee, 'opened_at', opened_at,
+                              'resolved_at', resolved_at)
+    FROM changed;
+    IF FOUND THEN PERFORM mark_changes(); END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER exceptions_feed_insert AFTER INSERT ON exceptions
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION feed_exceptions();
+CREATE TRIGGER exceptions_feed_update AFTER UPDATE ON exceptions
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION feed_exceptions();
+
+CREATE FUNCTION feed_commands() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO change_parts (site, kind, key, body)
+    SELECT site, 'commands', key,
+           jsonb_build_object('key', key, 'device', device, 'action', action,
+                              'outcome', outcome, 'detail', detail, 'finished_at', finished_at)
+    FROM changed;
+    IF FOUND THEN PERFORM mark_changes(); END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER commands_feed_insert AFTER INSERT ON commands
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION feed_commands();
+CREATE TRIGGER commands_feed_update AFTER UPDATE ON commands
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION feed_commands();
+
+-- Gateways: their rows change with every flush (watermarks); only presence and refusals
+-- are news, and a row trigger's WHEN skips the rest without calling anything.
 CREATE FUNCTION feed_gateway() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM change_part(NEW.site, 'gateways', NEW.id,
+    INSERT INTO change_parts (site, kind, key, body) VALUES (NEW.site, 'gateways', NEW.id,
         jsonb_build_object('id', NEW.id, 'online', NEW.online, 'session', NEW.session,
                            'refused_outbox', NEW.refused_outbox));
+    PERFORM mark_changes();
     RETURN NULL;
 END $$;
 CREATE TRIGGER gateways_feed_insert AFTER INSERT ON gateways
@@ -142,19 +169,14 @@ CREATE TRIGGER gateways_feed_update AFTER UPDATE ON gateways
                        OR OLD.refused_outbox IS DISTINCT FROM NEW.refused_outbox)
     EXECUTE FUNCTION feed_gateway();
 
--- At commit: one change per site touched, its version, a notification. Fired once per
--- part (a deferred trigger is per row); the first firing folds them all, the others
--- find the transaction marked and return at once.
+-- At commit (the deferred trigger of the transaction's mark): one change per site
+-- touched, its version, a notification.
 CREATE FUNCTION fold_changes() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    me constant xid8 := pg_current_xact_id();
+    me constant xid8 := NEW.tx;
     one record;
     next_version bigint;
 BEGIN
-    IF current_setting('warelink.folded', true) = me::text THEN
-        RETURN NULL;
-    END IF;
-    PERFORM set_config('warelink.folded', me::text, true);
     FOR one IN SELECT DISTINCT site FROM change_parts WHERE tx = me ORDER BY site LOOP
         INSERT INTO site_versions (site) VALUES (one.site) ON CONFLICT DO NOTHING;
         UPDATE site_versions SET version = version + 1 WHERE site = one.site
@@ -173,7 +195,8 @@ BEGIN
         PERFORM pg_notify('warelink_changes', one.site || ' ' || next_version);
     END LOOP;
     DELETE FROM change_parts WHERE tx = me;
+    DELETE FROM change_marks WHERE tx = me;
     RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER change_parts_fold AFTER INSERT ON change_parts
+CREATE CONSTRAINT TRIGGER change_marks_fold AFTER INSERT ON change_marks
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fold_changes();
