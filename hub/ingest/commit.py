@@ -300,7 +300,7 @@ async def commit_events(batches: Sequence[IncomingBatch], *, conn: AsyncConnecti
             # The ledger takes a gateway's events in seq order: only up to the watermark.
             if had_early and mark.acked_seq > was_watermark:
                 ready = await store.stored_effects(
-                    gateway, was_watermark, mark.acked_seq, conn=conn
+                    gateway, was_watermark, mark.acked_seq, device_rules.EFFECT_TYPES, conn=conn
                 )
             else:
                 ready = events[: bisect.bisect_right([e.seq for e in events], mark.acked_seq)]

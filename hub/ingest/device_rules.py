@@ -34,6 +34,8 @@ from warelink.hub.operations import counts, inbound, outbound, verification
 from warelink.hub.stock import exceptions, ledger
 from warelink.hub.stock.ledger import CUSTOMER, SUPPLIER, Leg, Posted
 from warelink.protocol.messages import (
+    BODY_TYPES,
+    CommandReport,
     Count,
     Event,
     Movement,
@@ -45,6 +47,10 @@ from warelink.protocol.messages import (
 )
 
 STOCK_BODIES = (Receipt, Shipment, Movement, Count, Verification)
+# Every event with a ledger effect, defined here once: its effect waits until the
+# gateway's watermark covers it (events take the ledger in seq order).
+EFFECT_BODIES = (*STOCK_BODIES, ZoneTransition, CommandReport)
+EFFECT_TYPES = [BODY_TYPES[body] for body in EFFECT_BODIES]
 
 log = structlog.get_logger(__name__)
 REFUSALS = (psycopg.IntegrityError, psycopg.DataError)  # the schema's rules, not an outage

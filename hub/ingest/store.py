@@ -235,17 +235,14 @@ async def record_command_reports(
             )
 
 
-EFFECT_TYPES = [
-    "receipt", "shipment", "movement", "count", "verification", "zone_transition",
-    "command_report",
-]  # fmt: skip
 _body = msgspec.json.Decoder(EventBody)
 
 
 async def stored_effects(
-    gateway: str, after: int, upto: int, *, conn: AsyncConnection
+    gateway: str, after: int, upto: int, types: Sequence[str], *, conn: AsyncConnection
 ) -> list[Event]:
-    """Stored events with a ledger effect in ``(after, upto]``, in seq order.
+    """Stored events of ``types`` (those with a ledger effect) in ``(after, upto]``, in
+    seq order.
 
     For a watermark that jumped over events which arrived early: their effects wait
     until everything before them is there.
@@ -253,7 +250,7 @@ async def stored_effects(
     cur = await conn.execute(
         "SELECT seq, event_id, device, cls, occurred_at, body::text FROM events"
         " WHERE gateway = %s AND seq > %s AND seq <= %s AND type = ANY(%s) ORDER BY seq",
-        (gateway, after, upto, EFFECT_TYPES),
+        (gateway, after, upto, list(types)),
     )
     return [
         Event(gateway=gateway, seq=seq, id=event_id, device=device, cls=TrafficClass(cls),
