@@ -30,8 +30,20 @@ lint: env .typecheck/warelink
 	$(VENV)/bin/mypy -p warelink -p tests
 	PYTHONPATH=.typecheck $(VENV)/bin/lint-imports --no-cache
 
+# pytest on PYTEST_WORKERS processes (pytest-xdist; 0: in one process): every test owns
+# its database, topic prefix, ports and files, so only the machine is shared. The tests
+# wait on services and subprocesses more than they compute: more workers than cores pay.
+# The tests are handed out one at a time in their order, the `slow` ones first
+# (conftest.py), so that no worker ends the run with a queue of long ones. (Not
+# `loadgroup` or `loadscope`: schemathesis gives its 102 tests one node id, and those
+# keep one test per id.) The tests marked `serial` run after, alone.
+PYTEST_WORKERS ?= 4
+PYTEST := $(VENV)/bin/pytest -q -p no:cacheprovider
 test: env services lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTEST) -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1 -m "not serial" $(PYTEST_ARGS); \
+	parallel=$$?; \
+	$(PYTEST) -m serial $(PYTEST_ARGS); serial=$$?; \
+	for status in $$parallel $$serial; do [ $$status = 0 ] || [ $$status = 5 ] || exit $$status; done
 
 demo: env services
 	$(VENV)/bin/warelink demo $(DEMO_ARGS)

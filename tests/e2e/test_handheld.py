@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from tests.e2e.test_delivery import edge_settings, wait_caught_up
 from tests.support.canary import handheld_ready
+from tests.support.gateways import edge_settings, wait_caught_up
 from tests.support.hub import HubProcess
 from tests.support.services import free_port
 from tests.support.sites import site_config
@@ -70,7 +70,7 @@ async def test_clerks_work_offline_and_every_request_is_stored_once(
         finally:
             await hub.stop()
     lines = {(line["location"], line["lot"]): line["quantity"] for line in stock["lines"]}
-    assert lines == {("DOCK-1", "L1"): 4.0, ("A-01-1", "L1"): 4.0}
+    assert lines == {("DOCK-1", "L1"): "4", ("A-01-1", "L1"): "4"}
     with psycopg.connect(hub_settings.db_url) as conn:
         rows = conn.execute(
             "SELECT type, device, count(*) FROM events WHERE device <> 'dock-scanner'"

@@ -17,9 +17,9 @@ import aiomqtt
 import psycopg
 
 from tests.conftest import MQTT_HOST, MQTT_PORT
-from tests.e2e.test_delivery import edge_settings
 from tests.support.canary import Canary, canary
 from tests.support.forge import GTIN, batch, event
+from tests.support.gateways import edge_settings
 from tests.support.hub import HubProcess
 from tests.support.sites import site_config
 from warelink.edge.gateway import Gateway, running
@@ -272,7 +272,7 @@ async def test_a_data_error_quarantines_one_event_which_is_released_after_the_fi
                                     json={"note": "test scan"})  # fmt: skip
         assert dismissed.status_code == 200 and dismissed.json()["state"] == "dismissed"
         stock = (await http.get(f"/api/v1/sites/{SITE}/stock")).json()
-    assert {(line["lot"], line["quantity"]) for line in stock["lines"]} >= {("POISON", 7.0)}
+    assert {(line["lot"], line["quantity"]) for line in stock["lines"]} >= {("POISON", "7")}
     with psycopg.connect(hub.settings.db_url) as conn:
         assert conn.execute(
             "SELECT count(*) FROM events WHERE gateway = %s AND seq = 13", (gw,)

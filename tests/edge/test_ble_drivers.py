@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from tests.support.drivers import EmitCollector, running
 from warelink.edge.drivers.base import Backoff
 from warelink.edge.drivers.ble import (
     BleScaleConfig,
@@ -28,7 +27,6 @@ from warelink.protocol.ble_gatt import WeightMeasurement, WeightUnit, encode_wei
 from warelink.protocol.messages import (
     DeviceState,
     DeviceStatus,
-    EventBody,
     Receipt,
     Scan,
     TrafficClass,
@@ -41,39 +39,6 @@ SCALE = "C0:FF:EE:00:01:01"
 SCANNER = "C0:FF:EE:00:01:02"
 TODAY = dt.date(2026, 3, 14)
 WAIT_S = 5.0
-
-
-class Collector:
-    """An in-memory ``Emit``: what the driver hands to the outbox, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, TrafficClass, EventBody]] = []
-        self._changed = asyncio.Condition()
-
-    async def __call__(
-        self,
-        device: str,
-        cls: TrafficClass,
-        body: EventBody,
-        occurred_at: dt.datetime | None = None,
-    ) -> None:
-        self.events.append((device, cls, body))
-        async with self._changed:
-            self._changed.notify_all()
-
-    def of(self, kind: type[Any], cls: TrafficClass | None = None) -> list[Any]:
-        return [
-            body
-            for _, c, body in self.events
-            if isinstance(body, kind) and (cls is None or c == cls)
-        ]
-
-    def states(self) -> list[DeviceState]:
-        return [status.state for status in self.of(DeviceStatus)]
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(WAIT_S), self._changed:
-            await self._changed.wait_for(predicate)
 
 
 def _fast_backoff() -> Backoff:
@@ -105,16 +70,6 @@ def _scanner_config(purpose: str = "receive") -> BleScannerConfig:
     )
 
 
-@asynccontextmanager
-async def running(driver: BleScaleDriver | BleScannerDriver) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(driver.run(), name=f"driver-{driver.device_id}")
-        try:
-            yield
-        finally:
-            task.cancel()
-
-
 async def _wait_until(predicate: Callable[[], bool]) -> None:
     """For state the driver does not announce (its retry count): checked every 10 ms."""
     async with asyncio.timeout(WAIT_S):
@@ -127,7 +82,7 @@ async def _wait_until(predicate: Callable[[], bool]) -> None:
 
 async def test_weight_placed_is_one_ledger_reading() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     driver = BleScaleDriver(_scale_config(), events, backend=link, backoff=_fast_backoff())
     async with (
         SimulatedBleScale(link, SCALE, rng=random.Random(11), settle_s=0.05) as scale,
@@ -135,27 +90,27 @@ async def test_weight_placed_is_one_ledger_reading() -> None:
     ):
         await events.wait_for(lambda: DeviceState.ONLINE in events.states())
         await scale.place(23.45)
-        await events.wait_for(lambda: bool(events.of(WeightReading)))
-        assert events.of(WeightReading, TrafficClass.LEDGER) == [
+        await events.wait_for(lambda: bool(events.bodies(WeightReading)))
+        assert events.bodies(WeightReading, TrafficClass.LEDGER) == [
             WeightReading(weight=23.45, unit="kg", stable=True)
         ]
         # The scale resends the same measurement (as after a reconnect): not a new load.
         scale.send_raw(encode_weight_measurement(WeightMeasurement.of(23.45)))
         await scale.remove()
-        await events.wait_for(lambda: len(events.of(WeightReading)) == 2)
-        assert events.of(WeightReading, TrafficClass.TELEMETRY) == [
+        await events.wait_for(lambda: len(events.bodies(WeightReading)) == 2)
+        assert events.bodies(WeightReading, TrafficClass.TELEMETRY) == [
             WeightReading(weight=0.0, unit="kg", stable=True)
         ]
         # The same load placed again after the pan was emptied counts again.
         await scale.place(23.45)
-        await events.wait_for(lambda: len(events.of(WeightReading, TrafficClass.LEDGER)) == 2)
+        await events.wait_for(lambda: len(events.bodies(WeightReading, TrafficClass.LEDGER)) == 2)
     assert [device for device, _, _ in events.events] == [driver.device_id] * len(events.events)
     assert events.states() == [DeviceState.ONLINE]
 
 
 async def test_imperial_scale_keeps_pounds() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     driver = BleScaleDriver(_scale_config(), events, backend=link, backoff=_fast_backoff())
     async with (
         SimulatedBleScale(link, SCALE, unit=WeightUnit.LB, timestamps=True, settle_s=0.01) as scale,
@@ -163,15 +118,15 @@ async def test_imperial_scale_keeps_pounds() -> None:
     ):
         await events.wait_for(lambda: DeviceState.ONLINE in events.states())
         await scale.place(51.7)
-        await events.wait_for(lambda: bool(events.of(WeightReading)))
-        assert events.of(WeightReading, TrafficClass.LEDGER) == [
+        await events.wait_for(lambda: bool(events.bodies(WeightReading)))
+        assert events.bodies(WeightReading, TrafficClass.LEDGER) == [
             WeightReading(weight=51.7, unit="lb", stable=True)
         ]
 
 
 async def test_garbage_and_unsuccessful_measurements_are_dropped_and_logged_once() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     driver = BleScaleDriver(_scale_config(), events, backend=link, backoff=_fast_backoff())
     with capture_logs() as logs:
         async with (
@@ -181,8 +136,8 @@ async def test_garbage_and_unsuccessful_measurements_are_dropped_and_logged_once
             await events.wait_for(lambda: DeviceState.ONLINE in events.states())
             scale.send_raw(b"\x00", b"\x02\x10", bytes.fromhex("00 ff ff"))
             await scale.place(8.0)
-            await events.wait_for(lambda: bool(events.of(WeightReading)))
-    assert events.of(WeightReading) == [WeightReading(weight=8.0, unit="kg", stable=True)]
+            await events.wait_for(lambda: bool(events.bodies(WeightReading)))
+    assert events.bodies(WeightReading) == [WeightReading(weight=8.0, unit="kg", stable=True)]
     unusable = [e for e in logs if e["event"] == "BLE scale sent data that is not usable"]
     assert len(unusable) == 1 and unusable[0]["count"] == 2
     assert any(e["event"] == "BLE scale reports an unsuccessful measurement" for e in logs)
@@ -190,7 +145,7 @@ async def test_garbage_and_unsuccessful_measurements_are_dropped_and_logged_once
 
 async def test_scale_out_of_range_is_offline_once_then_back_online() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     backoff = _fast_backoff()
     driver = BleScaleDriver(_scale_config(), events, backend=link, backoff=backoff)
     async with (
@@ -202,14 +157,14 @@ async def test_scale_out_of_range_is_offline_once_then_back_online() -> None:
         await events.wait_for(lambda: events.states()[-1] == DeviceState.OFFLINE)
         await _wait_until(lambda: backoff.attempts >= 3)  # several scans found nothing
         assert events.states() == [DeviceState.ONLINE, DeviceState.OFFLINE]
-        offline = events.of(DeviceStatus)[-1]
+        offline = events.bodies(DeviceStatus)[-1]
         assert offline.detail == "link lost"
 
         await scale.come_back()
         await events.wait_for(lambda: events.states()[-1] == DeviceState.ONLINE)
         await scale.place(12.0)
-        await events.wait_for(lambda: bool(events.of(WeightReading)))
-        assert events.of(WeightReading, TrafficClass.LEDGER) == [
+        await events.wait_for(lambda: bool(events.bodies(WeightReading)))
+        assert events.bodies(WeightReading, TrafficClass.LEDGER) == [
             WeightReading(weight=12.0, unit="kg", stable=True)
         ]
     assert events.states() == [DeviceState.ONLINE, DeviceState.OFFLINE, DeviceState.ONLINE]
@@ -217,13 +172,13 @@ async def test_scale_out_of_range_is_offline_once_then_back_online() -> None:
 
 async def test_scale_absent_from_the_start_is_offline_once() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     backoff = _fast_backoff()
     driver = BleScaleDriver(_scale_config(), events, backend=link, backoff=backoff)
     async with running(driver):
         await _wait_until(lambda: backoff.attempts >= 2)
     assert events.states() == [DeviceState.OFFLINE]
-    assert "out of range" in events.of(DeviceStatus)[0].detail
+    assert "out of range" in events.bodies(DeviceStatus)[0].detail
 
 
 # ---------------------------------------------------------------------- scanner
@@ -231,12 +186,12 @@ async def test_scale_absent_from_the_start_is_offline_once() -> None:
 
 async def test_receiving_scan_is_a_receipt() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     driver = BleScannerDriver(_scanner_config(), events, backend=link, backoff=_fast_backoff())
     async with SimulatedBleScanner(link, SCANNER, seed=5) as scanner, running(driver):
         await events.wait_for(lambda: DeviceState.ONLINE in events.states())
         label = await scanner.scan_receipt(today=TODAY)
-        await events.wait_for(lambda: bool(events.of(Receipt)))
+        await events.wait_for(lambda: bool(events.bodies(Receipt)))
     [(device, cls, receipt)] = [e for e in events.events if isinstance(e[2], Receipt)]
     assert (device, cls) == ("dock-1-ble-scanner", TrafficClass.LEDGER)
     assert receipt == Receipt(
@@ -251,7 +206,7 @@ async def test_receiving_scan_is_a_receipt() -> None:
 
 async def test_scan_purpose_gives_scans_and_bad_scans_are_logged() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     driver = BleScannerDriver(
         _scanner_config("scan"), events, backend=link, backoff=_fast_backoff()
     )
@@ -260,12 +215,12 @@ async def test_scan_purpose_gives_scans_and_bad_scans_are_logged() -> None:
             await events.wait_for(lambda: DeviceState.ONLINE in events.states())
             scanner.send_raw(b"\xff\xfe garbage\r")
             text = await scanner.scan({"01": "09506000134352", "10": "LOT7"})
-            await events.wait_for(lambda: bool(events.of(Scan)))
-    [scan] = events.of(Scan, TrafficClass.LEDGER)
+            await events.wait_for(lambda: bool(events.bodies(Scan)))
+    [scan] = events.bodies(Scan, TrafficClass.LEDGER)
     assert scan == Scan(
         raw=text, symbology="gs1-128", elements={"01": "09506000134352", "10": "LOT7"}
     )
-    assert not events.of(Receipt)
+    assert not events.bodies(Receipt)
     assert [
         e["count"] for e in logs if e["event"] == "BLE scanner sent data that is not usable"
     ] == [1]
@@ -273,13 +228,13 @@ async def test_scan_purpose_gives_scans_and_bad_scans_are_logged() -> None:
 
 async def test_scanner_out_of_range_then_back_delivers_scans_again() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     backoff = _fast_backoff()
     driver = BleScannerDriver(_scanner_config(), events, backend=link, backoff=backoff)
     async with SimulatedBleScanner(link, SCANNER, seed=8) as scanner, running(driver):
         await events.wait_for(lambda: DeviceState.ONLINE in events.states())
         first = await scanner.scan_receipt(today=TODAY)
-        await events.wait_for(lambda: len(events.of(Receipt)) == 1)
+        await events.wait_for(lambda: len(events.bodies(Receipt)) == 1)
 
         await scanner.go_out_of_range()
         await events.wait_for(lambda: events.states()[-1] == DeviceState.OFFLINE)
@@ -288,16 +243,16 @@ async def test_scanner_out_of_range_then_back_delivers_scans_again() -> None:
         assert events.states() == [DeviceState.ONLINE, DeviceState.OFFLINE]
 
         await scanner.come_back()
-        await events.wait_for(lambda: len(events.of(Receipt)) == 2)
+        await events.wait_for(lambda: len(events.bodies(Receipt)) == 2)
         third = await scanner.scan_receipt(today=TODAY)
-        await events.wait_for(lambda: len(events.of(Receipt)) == 3)
-    assert [r.sscc for r in events.of(Receipt)] == [first.sscc, second.sscc, third.sscc]
+        await events.wait_for(lambda: len(events.bodies(Receipt)) == 3)
+    assert [r.sscc for r in events.bodies(Receipt)] == [first.sscc, second.sscc, third.sscc]
     assert events.states() == [DeviceState.ONLINE, DeviceState.OFFLINE, DeviceState.ONLINE]
 
 
 async def test_two_drivers_share_one_adapter() -> None:
     link = VirtualBleLink()
-    events = Collector()
+    events = EmitCollector()
     scale_driver = BleScaleDriver(_scale_config(), events, backend=link, backoff=_fast_backoff())
     scanner_driver = BleScannerDriver(
         _scanner_config(), events, backend=link, backoff=_fast_backoff()
@@ -311,9 +266,11 @@ async def test_two_drivers_share_one_adapter() -> None:
         await events.wait_for(lambda: events.states().count(DeviceState.ONLINE) == 2)
         await scale.place(64.05)
         label = await scanner.scan_receipt(today=TODAY)
-        await events.wait_for(lambda: bool(events.of(WeightReading)) and bool(events.of(Receipt)))
-    assert events.of(WeightReading)[0].weight == 64.05
-    assert events.of(Receipt)[0].sscc == label.sscc
+        await events.wait_for(
+            lambda: bool(events.bodies(WeightReading)) and bool(events.bodies(Receipt))
+        )
+    assert events.bodies(WeightReading)[0].weight == 64.05
+    assert events.bodies(Receipt)[0].sscc == label.sscc
 
 
 # ----------------------------------------------------------------------- config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge.test_ble_drivers import Collector, running
+from tests.support.drivers import EmitCollector, running
 from tests.support.services import free_port
 from tests.support.sites import site_config, write_site_config
 from warelink.edge.config import ConfigError, load_site_config
@@ -87,7 +87,7 @@ async def test_drivers_in_this_process_reach_peripherals_in_a_simulator_process(
     scale_config, scanner_config = config.devices
     assert isinstance(scale_config, BleScaleConfig)
     assert isinstance(scanner_config, BleScannerConfig)
-    events = Collector()
+    events = EmitCollector()
     backoff = Backoff(initial=0.1, cap=0.5)
     scale = BleScaleDriver(scale_config, events, backend=adapter, backoff=backoff)
     scanner = BleScannerDriver(
@@ -100,16 +100,16 @@ async def test_drivers_in_this_process_reach_peripherals_in_a_simulator_process(
         ]
 
     def receipts() -> list[Receipt]:
-        return events.of(Receipt, TrafficClass.LEDGER)
+        return events.bodies(Receipt, TrafficClass.LEDGER)
 
     try:
         async with running(scale), running(scanner):
             async with sim_process(path):
                 # The simulator's dock: a parcel weighed, its label scanned, taken off.
                 await _until(lambda: len(receipts()) >= 2)
-                await _until(lambda: bool(events.of(WeightReading, TrafficClass.LEDGER)))
+                await _until(lambda: bool(events.bodies(WeightReading, TrafficClass.LEDGER)))
                 assert {r.location for r in receipts()} == {"DOCK-3"}
-                weights = events.of(WeightReading, TrafficClass.LEDGER)
+                weights = events.bodies(WeightReading, TrafficClass.LEDGER)
                 assert all(
                     w.stable and w.unit == "kg" and 80 <= w.weight <= 327.67 for w in weights
                 )
@@ -142,7 +142,7 @@ async def test_a_gateway_that_vanished_leaves_no_link_behind(tmp_path: Path) -> 
         link.serve_hci(transport) as server,
     ):
         first = HciBleAdapter(transport)
-        events = Collector()
+        events = EmitCollector()
         slow = Backoff(initial=30.0, cap=30.0)  # it must not come back by itself
         async with running(BleScaleDriver(scale_config, events, backend=first, backoff=slow)):
             await _until(lambda: DeviceState.ONLINE in events.states(), 5)
@@ -150,16 +150,16 @@ async def test_a_gateway_that_vanished_leaves_no_link_behind(tmp_path: Path) -> 
             await _until(lambda: not scale.connected, 5)
 
         second = HciBleAdapter(transport)
-        events = Collector()
+        events = EmitCollector()
         fast = Backoff(initial=0.05, cap=0.2)
         try:
             async with running(BleScaleDriver(scale_config, events, backend=second, backoff=fast)):
                 await _until(lambda: DeviceState.ONLINE in events.states(), 5)
                 await scale.place(42.5)
-                await _until(lambda: bool(events.of(WeightReading)), 5)
+                await _until(lambda: bool(events.bodies(WeightReading)), 5)
         finally:
             await second.aclose()
-        assert events.of(WeightReading) == [WeightReading(weight=42.5, unit="kg", stable=True)]
+        assert events.bodies(WeightReading) == [WeightReading(weight=42.5, unit="kg", stable=True)]
         assert server.hosts == 2
 
 

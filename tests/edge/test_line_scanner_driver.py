@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from structlog.testing import capture_logs
 
+from tests.support.drivers import EmitCollector, running
 from warelink.edge.device_config import LineScannerConfig
 from warelink.edge.drivers.base import Backoff
 from warelink.edge.drivers.line_scanner import LineScannerDriver
@@ -18,7 +17,6 @@ from warelink.protocol.gs1 import LineDecoder, Malformed
 from warelink.protocol.messages import (
     DeviceState,
     DeviceStatus,
-    EventBody,
     Receipt,
     Scan,
     TrafficClass,
@@ -27,35 +25,6 @@ from warelink.sim.scanner import SimulatedLineScanner
 
 TODAY = dt.date(2026, 3, 14)
 WAIT_S = 5.0
-
-
-class Collector:
-    """An in-memory ``Emit``: what the driver hands to the outbox, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, TrafficClass, EventBody]] = []
-        self._changed = asyncio.Condition()
-
-    async def __call__(
-        self,
-        device: str,
-        cls: TrafficClass,
-        body: EventBody,
-        occurred_at: dt.datetime | None = None,
-    ) -> None:
-        self.events.append((device, cls, body))
-        async with self._changed:
-            self._changed.notify_all()
-
-    def bodies(self, kind: type[Any]) -> list[Any]:
-        return [body for _, _, body in self.events if isinstance(body, kind)]
-
-    def states(self) -> list[DeviceState]:
-        return [status.state for status in self.bodies(DeviceStatus)]
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(WAIT_S), self._changed:
-            await self._changed.wait_for(predicate)
 
 
 def _config(port: Path, purpose: Literal["scan", "receive"] = "receive") -> LineScannerConfig:
@@ -68,17 +37,7 @@ def _config(port: Path, purpose: Literal["scan", "receive"] = "receive") -> Line
     )
 
 
-@asynccontextmanager
-async def running(driver: LineScannerDriver) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(driver.run(), name=f"driver-{driver.device_id}")
-        try:
-            yield
-        finally:
-            task.cancel()
-
-
-def _driver(link: Path, collector: Collector, **kwargs: Any) -> LineScannerDriver:
+def _driver(link: Path, collector: EmitCollector, **kwargs: Any) -> LineScannerDriver:
     return LineScannerDriver(
         _config(link, **kwargs),
         collector,
@@ -89,7 +48,7 @@ def _driver(link: Path, collector: Collector, **kwargs: Any) -> LineScannerDrive
 
 async def test_receive_scanner_turns_a_gs1_128_label_into_a_receipt(tmp_path: Path) -> None:
     link = tmp_path / "ttyScanner"
-    collector = Collector()
+    collector = EmitCollector()
     async with SimulatedLineScanner(link, seed=11) as scanner, running(_driver(link, collector)):
         await collector.wait_for(lambda: collector.states() == [DeviceState.ONLINE])
         label = await scanner.scan_receipt(today=TODAY)
@@ -120,7 +79,7 @@ async def test_receive_scanner_turns_a_gs1_128_label_into_a_receipt(tmp_path: Pa
 
 async def test_scan_scanner_emits_scans(tmp_path: Path) -> None:
     link = tmp_path / "ttyScanner"
-    collector = Collector()
+    collector = EmitCollector()
     driver = _driver(link, collector, purpose="scan")
     async with SimulatedLineScanner(link, symbology="]d2") as scanner, running(driver):
         await collector.wait_for(lambda: collector.states() == [DeviceState.ONLINE])
@@ -136,7 +95,7 @@ async def test_scan_scanner_emits_scans(tmp_path: Path) -> None:
 
 async def test_garbage_mid_stream_is_logged_once_and_scanning_goes_on(tmp_path: Path) -> None:
     link = tmp_path / "ttyScanner"
-    collector = Collector()
+    collector = EmitCollector()
     with capture_logs() as logs:
         driver = _driver(link, collector)
         async with SimulatedLineScanner(link, seed=2) as scanner, running(driver):
@@ -157,7 +116,7 @@ async def test_garbage_mid_stream_is_logged_once_and_scanning_goes_on(tmp_path: 
 
 async def test_garbage_at_the_end_is_logged_after_a_quiet_spell(tmp_path: Path) -> None:
     link = tmp_path / "ttyScanner"
-    collector = Collector()
+    collector = EmitCollector()
     warned = asyncio.Event()
 
     def watch(logger: Any, method: str, event_dict: Any) -> Any:
@@ -181,7 +140,7 @@ async def test_garbage_at_the_end_is_logged_after_a_quiet_spell(tmp_path: Path) 
 
 async def test_offline_once_then_online_again_at_the_same_path(tmp_path: Path) -> None:
     link = tmp_path / "ttyScanner"
-    collector = Collector()
+    collector = EmitCollector()
     with capture_logs() as logs:
         driver = _driver(link, collector)
         async with running(driver):
@@ -208,7 +167,7 @@ async def test_offline_once_then_online_again_at_the_same_path(tmp_path: Path) -
 
 async def test_port_missing_at_start(tmp_path: Path) -> None:
     link = tmp_path / "ttyScanner"
-    collector = Collector()
+    collector = EmitCollector()
     async with running(_driver(link, collector)):
         await collector.wait_for(lambda: collector.states() == [DeviceState.OFFLINE])
         await asyncio.sleep(0.3)

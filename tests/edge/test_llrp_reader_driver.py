@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from tests.support.drivers import EmitCollector, running
 from warelink.edge.drivers.base import Backoff
 from warelink.edge.drivers.llrp_reader import LlrpReaderConfig, LlrpReaderDriver, PortalConfig
 from warelink.protocol.epc import Sgtin96, decode_epc
@@ -27,7 +24,6 @@ from warelink.protocol.llrp import (
 from warelink.protocol.messages import (
     DeviceState,
     DeviceStatus,
-    EventBody,
     Receipt,
     Shipment,
     TagRead,
@@ -42,36 +38,11 @@ ANTENNAS = {1: "DOCK-1-IN", 2: "DOCK-1-OUT"}
 PORTAL = PortalConfig(receive_zone="DOCK-1-IN", ship_zone="DOCK-1-OUT", location="DOCK-1")
 
 
-class Collector:
-    """An in-memory ``Emit``: what the driver hands to the outbox, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, TrafficClass, EventBody, dt.datetime | None]] = []
-        self._changed = asyncio.Condition()
-
-    async def __call__(
-        self,
-        device: str,
-        cls: TrafficClass,
-        body: EventBody,
-        occurred_at: dt.datetime | None = None,
-    ) -> None:
-        self.events.append((device, cls, body, occurred_at))
-        async with self._changed:
-            self._changed.notify_all()
-
-    def bodies(self, kind: type[Any]) -> list[Any]:
-        return [body for _, _, body, _ in self.events if isinstance(body, kind)]
-
-    def states(self) -> list[DeviceState]:
-        return [status.state for status in self.bodies(DeviceStatus)]
+class Collector(EmitCollector):
+    """The shared collector, with a tag's zone changes."""
 
     def changes(self, epc: str) -> list[tuple[ZoneChange, str]]:
         return [(t.change, t.zone) for t in self.bodies(ZoneTransition) if t.epc == epc]
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(WAIT_S), self._changed:
-            await self._changed.wait_for(predicate)
 
 
 def _config(port: int, **overrides: Any) -> LlrpReaderConfig:
@@ -86,16 +57,6 @@ def _config(port: int, **overrides: Any) -> LlrpReaderConfig:
         **overrides,
     }
     return LlrpReaderConfig.model_validate(values)
-
-
-@asynccontextmanager
-async def running(driver: LlrpReaderDriver) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(driver.run(), name=f"driver-{driver.device_id}")
-        try:
-            yield
-        finally:
-            task.cancel()
 
 
 def _driver(config: LlrpReaderConfig, collector: Collector) -> LlrpReaderDriver:
@@ -135,7 +96,7 @@ async def test_setup_then_reports_become_downsampled_tag_reads() -> None:
     assert first.decoded == {"scheme": "sgtin-96", "gtin": sgtin.gtin, "serial": str(sgtin.serial)}
     assert first.rssi is not None and -62 <= first.rssi <= -42
     assert second.count > 10  # the held-back reads are counted
-    reads = [(cls, at) for _, cls, body, at in collector.events if isinstance(body, TagRead)]
+    reads = [(cls, at) for _, cls, body, at in collector.emitted if isinstance(body, TagRead)]
     assert all(cls is TrafficClass.TELEMETRY and at is not None for cls, at in reads)
     assert collector.bodies(Receipt) == []  # not a portal
 
@@ -178,7 +139,7 @@ async def test_a_tag_walking_through_the_portal_is_one_receipt_and_one_shipment(
         (ZoneChange.ARRIVED, "DOCK-1-IN"),
         (ZoneChange.DEPARTED, "DOCK-1-IN"),
     ]
-    ledger = [type(b) for _, cls, b, _ in collector.events if cls is TrafficClass.LEDGER]
+    ledger = [type(b) for _, cls, b, _ in collector.emitted if cls is TrafficClass.LEDGER]
     assert ledger == [Receipt, Shipment]  # the SSCC pallet makes no ledger event
     transitions = [t for t in collector.bodies(ZoneTransition) if t.epc == pallet]
     assert transitions[0].decoded["scheme"] == "sscc-96"

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from tests.support.drivers import EmitCollector, running
 from warelink.edge.drivers.base import CommandFailed, CommandRejected
 from warelink.edge.drivers.modbus import (
     ModbusBusConflict,
@@ -36,9 +35,7 @@ from warelink.protocol.messages import (
     AgvState,
     DeviceState,
     DeviceStatus,
-    EventBody,
     Telemetry,
-    TrafficClass,
     WeightReading,
 )
 from warelink.sim.modbus_devices import (
@@ -54,52 +51,12 @@ from warelink.sim.modbus_devices import (
 BAUD = 19200
 
 
-@dataclass
-class Collector:
-    """An in-memory ``Emit``: what the outbox would have stored, in order."""
-
-    events: list[tuple[str, TrafficClass, EventBody]] = field(default_factory=list)
-
-    async def __call__(
-        self,
-        device: str,
-        cls: TrafficClass,
-        body: EventBody,
-        occurred_at: dt.datetime | None = None,
-    ) -> None:
-        self.events.append((device, cls, body))
-
-    def ledger(self, device: str) -> list[WeightReading]:
-        return [
-            b
-            for d, c, b in self.events
-            if d == device and c is TrafficClass.LEDGER and isinstance(b, WeightReading)
-        ]
-
-    def of(self, device: str, kind: type[Any]) -> list[Any]:
-        return [b for d, _, b in self.events if d == device and isinstance(b, kind)]
-
-    def states(self, device: str) -> list[DeviceState]:
-        return [b.state for b in self.of(device, DeviceStatus)]
-
-
 async def eventually(check: Callable[[], bool], within: float = 8.0) -> None:
     deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {within} s")
         await asyncio.sleep(0.02)
-
-
-@asynccontextmanager
-async def running(drivers: Sequence[ModbusScaleDriver | ModbusDeviceDriver]) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(d.run(), name=f"driver {d.device_id}") for d in drivers]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
 
 
 def registers(slave: ModbusSlave) -> list[ModbusRegister]:
@@ -155,26 +112,28 @@ def device_config(
 
 async def test_tcp_scale_stable_weight_is_one_ledger_reading() -> None:
     scale = ScaleSlave(4, random.Random(21), settle_s=(0.4, 0.8))
-    out = Collector()
+    out = EmitCollector()
     async with ModbusTcpSlaves([scale]) as server:
         driver = ModbusScaleDriver(
             scale_config("scale-1", 4, link(server.port), poll_interval_s=0.05), out
         )
-        async with running([driver]):
+        async with running(driver):
             await eventually(lambda: out.states("scale-1") == [DeviceState.ONLINE])
             scale.place(12.5)
             await eventually(lambda: len(out.ledger("scale-1")) == 1)
             await asyncio.sleep(0.5)  # it sits there: no repeats
             (reading,) = out.ledger("scale-1")
             assert reading == WeightReading(weight=12.5, unit="kg", stable=True)
-            unstable = [r for r in out.of("scale-1", WeightReading) if not r.stable]
+            unstable = [r for r in out.bodies(WeightReading, device="scale-1") if not r.stable]
             assert 1 <= len(unstable) <= 3  # settling, downsampled to ≤ 2/s
 
             # Zero through the coil: refused by the scale with a load on it (no error on
             # the bus, the terminal just ignores it), accepted once emptied.
             scale.remove()
             await eventually(
-                lambda: WeightReading(0.0, "kg", True) in out.of("scale-1", WeightReading)
+                lambda: (
+                    WeightReading(0.0, "kg", True) in out.bodies(WeightReading, device="scale-1")
+                )
             )
             assert await driver.execute("zero", {}) == "zero requested"
             with pytest.raises(CommandRejected):
@@ -187,13 +146,13 @@ async def test_tcp_scale_stable_weight_is_one_ledger_reading() -> None:
 
 async def test_tcp_conveyor_started_and_stopped_by_execute() -> None:
     conveyor = ConveyorSlave(2, random.Random(22), speed_mm_s=800, pitch_mm=150.0)
-    out = Collector()
+    out = EmitCollector()
     async with ModbusTcpSlaves([conveyor]) as server:
         config = device_config(
             "conv-1", 2, conveyor, "conveyor", link(server.port), poll_interval_s=0.05
         )
         driver = ModbusDeviceDriver(config, out)
-        async with running([driver]):
+        async with running(driver):
             await eventually(lambda: driver.values is not None)
             assert driver.values is not None and driver.values["running"] == 0.0
 
@@ -204,7 +163,7 @@ async def test_tcp_conveyor_started_and_stopped_by_execute() -> None:
             await eventually(lambda: driver.values is not None and driver.values["speed"] == 800)
             await eventually(lambda: driver.values is not None and driver.values["items"] >= 2)
             assert conveyor.running
-            telemetry = out.of("conv-1", Telemetry)
+            telemetry = out.bodies(Telemetry, device="conv-1")
             assert telemetry[-1].unit == {"speed_setpoint": "mm/s", "speed": "mm/s"}
 
             await driver.execute("write_register", {"name": "command", "value": 0})
@@ -223,7 +182,7 @@ async def test_tcp_conveyor_started_and_stopped_by_execute() -> None:
             with pytest.raises(CommandRejected):
                 await driver.execute("start", {})
         # Telemetry only on change: a stopped conveyor reads the same values every poll.
-        values = [t.values for t in out.of("conv-1", Telemetry)]
+        values = [t.values for t in out.bodies(Telemetry, device="conv-1")]
         assert all(a != b for a, b in itertools.pairwise(values))
 
 
@@ -236,7 +195,7 @@ KINDS = ["scale", "conveyor", "agv", "scale", "conveyor", "agv", "scale", "conve
 @asynccontextmanager
 async def rtu_floor(
     tmp_path: Path, seed: int, **extra: Any
-) -> AsyncIterator[tuple[ModbusRtuLine, list[ModbusSlave], list[Any], Collector, ModbusBuses]]:
+) -> AsyncIterator[tuple[ModbusRtuLine, list[ModbusSlave], list[Any], EmitCollector, ModbusBuses]]:
     """8 slaves on one RTU line, 8 drivers on one shared bus."""
     rng = random.Random(seed)
     path = tmp_path / "ttyRS485"
@@ -249,7 +208,7 @@ async def rtu_floor(
             slaves.append(ConveyorSlave(unit, sub))
         else:
             slaves.append(AgvSlave(unit, sub))
-    out = Collector()
+    out = EmitCollector()
     buses = ModbusBuses()
     where = link(path=path, timeout_s=0.2, **extra)
     drivers: list[Any] = []
@@ -271,7 +230,7 @@ async def rtu_floor(
 
 
 async def test_rtu_eight_slaves_one_bus_never_overlaps(tmp_path: Path) -> None:
-    async with rtu_floor(tmp_path, 31) as (line, slaves, drivers, out, buses), running(drivers):
+    async with rtu_floor(tmp_path, 31) as (line, slaves, drivers, out, buses), running(*drivers):
         assert len(list(buses)) == 1  # eight configs, one physical bus
         (bus,) = buses
         await eventually(lambda: all(d.polls >= 5 for d in drivers))
@@ -287,7 +246,7 @@ async def test_rtu_eight_slaves_one_bus_never_overlaps(tmp_path: Path) -> None:
         # Polled in turn: nobody starves (the bus lock is FIFO).
         polls = [d.polls for d in drivers]
         assert min(polls) * 2 >= max(polls), polls
-        agv_states = out.of("agv-3", AgvState)
+        agv_states = out.bodies(AgvState, device="agv-3")
         assert agv_states and agv_states[-1].battery is not None
         assert any(s.driving for s in agv_states)
         for driver in drivers:
@@ -296,7 +255,7 @@ async def test_rtu_eight_slaves_one_bus_never_overlaps(tmp_path: Path) -> None:
 
 async def test_rtu_silent_slave_offline_once_others_keep_working(tmp_path: Path) -> None:
     with capture_logs() as logs:
-        async with rtu_floor(tmp_path, 32) as (line, slaves, drivers, out, _), running(drivers):
+        async with rtu_floor(tmp_path, 32) as (line, slaves, drivers, out, _), running(*drivers):
             await eventually(lambda: all(d.polls >= 2 for d in drivers))
             silent = slaves[4]  # conveyor-5
             silent.fault = Fault.SILENT
@@ -311,7 +270,9 @@ async def test_rtu_silent_slave_offline_once_others_keep_working(tmp_path: Path)
                     assert driver.polls >= before[driver.device_id] + 3, driver.device_id
                     assert out.states(driver.device_id) == [DeviceState.ONLINE]
             (status,) = [
-                s for s in out.of("conveyor-5", DeviceStatus) if s.state is DeviceState.OFFLINE
+                s
+                for s in out.bodies(DeviceStatus, device="conveyor-5")
+                if s.state is DeviceState.OFFLINE
             ]
             assert "no answer" in status.detail
             with pytest.raises(CommandFailed):
@@ -330,7 +291,7 @@ async def test_rtu_silent_slave_offline_once_others_keep_working(tmp_path: Path)
 
 
 async def test_rtu_garbage_on_the_line_then_recovery(tmp_path: Path) -> None:
-    async with rtu_floor(tmp_path, 33) as (line, slaves, drivers, out, buses), running(drivers):
+    async with rtu_floor(tmp_path, 33) as (line, slaves, drivers, out, buses), running(*drivers):
         (bus,) = buses
         await eventually(lambda: all(d.polls >= 2 for d in drivers))
         noisy = slaves[6]  # scale-7 answers with noise from now on
@@ -340,7 +301,9 @@ async def test_rtu_garbage_on_the_line_then_recovery(tmp_path: Path) -> None:
             await asyncio.sleep(0.07)
         await eventually(lambda: out.states("scale-7") == [DeviceState.ONLINE, DeviceState.OFFLINE])
         assert bus.stats.garbled >= 1
-        (status,) = [s for s in out.of("scale-7", DeviceStatus) if s.state is DeviceState.OFFLINE]
+        (status,) = [
+            s for s in out.bodies(DeviceStatus, device="scale-7") if s.state is DeviceState.OFFLINE
+        ]
         assert "noise" in status.detail
 
         noisy.fault = Fault.NONE
@@ -355,7 +318,7 @@ async def test_rtu_garbage_on_the_line_then_recovery(tmp_path: Path) -> None:
 
 async def test_rtu_port_missing_then_present(tmp_path: Path) -> None:
     path = tmp_path / "ttyLATE"
-    out = Collector()
+    out = EmitCollector()
     buses = ModbusBuses()
     where = link(path=path, timeout_s=0.2)
     rng = random.Random(34)
@@ -367,7 +330,7 @@ async def test_rtu_port_missing_then_present(tmp_path: Path) -> None:
         ),
     ]
     with capture_logs() as logs:
-        async with running(drivers):
+        async with running(*drivers):
             await eventually(
                 lambda: (
                     out.states("s") == [DeviceState.OFFLINE]

@@ -3,62 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from tests.support.drivers import EmitCollector, running
 from warelink.edge.device_config import MtSicsScaleConfig
 from warelink.edge.drivers.mtsics_scale import MtSicsScaleDriver, ScaleCommandError
 from warelink.protocol.messages import (
     DeviceState,
-    DeviceStatus,
-    EventBody,
     TrafficClass,
     WeightReading,
 )
 from warelink.sim.scale import SimulatedScale
 
 DEVICE = "scale-1"
-
-
-@dataclass
-class Collector:
-    """An in-memory ``Emit``: what the outbox would have stored, in order."""
-
-    events: list[tuple[str, TrafficClass, EventBody]] = field(default_factory=list)
-
-    async def __call__(
-        self,
-        device: str,
-        cls: TrafficClass,
-        body: EventBody,
-        occurred_at: dt.datetime | None = None,
-    ) -> None:
-        self.events.append((device, cls, body))
-
-    def ledger(self) -> list[WeightReading]:
-        return [
-            b
-            for _, c, b in self.events
-            if c is TrafficClass.LEDGER and isinstance(b, WeightReading)
-        ]
-
-    def unstable(self) -> list[WeightReading]:
-        return [
-            b
-            for _, c, b in self.events
-            if c is TrafficClass.TELEMETRY and isinstance(b, WeightReading) and not b.stable
-        ]
-
-    def states(self) -> list[DeviceState]:
-        return [b.state for _, _, b in self.events if isinstance(b, DeviceStatus)]
 
 
 async def eventually(check: Callable[[], bool], within: float = 6.0) -> None:
@@ -75,23 +38,13 @@ def config(path: Path) -> MtSicsScaleConfig:
     )
 
 
-@asynccontextmanager
-async def running(driver: MtSicsScaleDriver) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(driver.run(), name="driver under test")
-        try:
-            yield
-        finally:
-            task.cancel()
-
-
 def near(reading: WeightReading, value: float) -> bool:
     return abs(reading.weight - value) < 0.002 and reading.unit == "kg"
 
 
 async def test_one_ledger_reading_per_settled_weight(tmp_path: Path) -> None:
     path = tmp_path / "scale"
-    out = Collector()
+    out = EmitCollector()
     driver = MtSicsScaleDriver(config(path), out)
     async with SimulatedScale(path, random.Random(11)) as scale, running(driver):
         await eventually(lambda: out.states() == [DeviceState.ONLINE])
@@ -101,7 +54,7 @@ async def test_one_ledger_reading_per_settled_weight(tmp_path: Path) -> None:
 
         (reading,) = out.ledger()
         assert reading.stable and near(reading, 12.5)
-        unstable = out.unstable()
+        unstable = [r for r in out.bodies(WeightReading, TrafficClass.TELEMETRY) if not r.stable]
         assert unstable, "settling weights are reported as telemetry"
         assert all(0.0 <= r.weight <= 14.0 for r in unstable)
         # ≤ 2/s: settling takes at most 1.5 s, so no more than 4 unstable readings.
@@ -118,7 +71,7 @@ async def test_one_ledger_reading_per_settled_weight(tmp_path: Path) -> None:
 
 async def test_garbage_logged_once_and_readings_continue(tmp_path: Path) -> None:
     path = tmp_path / "scale"
-    out = Collector()
+    out = EmitCollector()
     with capture_logs() as logs:
         driver = MtSicsScaleDriver(config(path), out)
         async with SimulatedScale(path, random.Random(4)) as scale, running(driver):
@@ -142,7 +95,7 @@ async def test_garbage_logged_once_and_readings_continue(tmp_path: Path) -> None
 
 async def test_offline_once_then_online_again(tmp_path: Path) -> None:
     path = tmp_path / "scale"
-    out = Collector()
+    out = EmitCollector()
     scale = SimulatedScale(path, random.Random(9), settle_s=(0.2, 0.4))
     with capture_logs() as logs:
         driver = MtSicsScaleDriver(config(path), out)
@@ -178,7 +131,7 @@ async def test_offline_once_then_online_again(tmp_path: Path) -> None:
 
 async def test_zero_and_tare_through_the_request_path(tmp_path: Path) -> None:
     path = tmp_path / "scale"
-    out = Collector()
+    out = EmitCollector()
     driver = MtSicsScaleDriver(config(path), out)
     async with (
         SimulatedScale(path, random.Random(2), settle_s=(0.2, 0.3)) as scale,

@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -594,7 +595,7 @@ async def test_a_gateway_keeps_running_through_a_full_disk_and_drains_after(
         stock = await hub.get("/api/v1/sites/site-f/stock")
     finally:
         await http.aclose()
-    assert sum(line["quantity"] for line in stock["lines"]) == len(stored)  # each once
+    assert sum(Decimal(line["quantity"]) for line in stock["lines"]) == len(stored)  # each once
     gateway.terminate()
     assert await asyncio.wait_for(gateway.wait(), 15) == 0
     log_text = log_path.read_text()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import MQTT_HOST, MQTT_PORT
+from tests.support.drivers import EmitCollector
 from warelink.edge.drivers.base import Backoff, CommandFailed, CommandRejected
 from warelink.edge.drivers.vda5050_agv import Vda5050AgvConfig, Vda5050AgvDriver
 from warelink.protocol.messages import (
     AgvState,
     DeviceState,
     DeviceStatus,
-    EventBody,
     Movement,
     TrafficClass,
 )
@@ -52,35 +51,6 @@ TRANSPORT = {
 }
 
 
-class Collector:
-    """An in-memory ``Emit``: what the driver hands to the outbox, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, TrafficClass, EventBody]] = []
-        self._changed = asyncio.Condition()
-
-    async def __call__(
-        self,
-        device: str,
-        cls: TrafficClass,
-        body: EventBody,
-        occurred_at: dt.datetime | None = None,
-    ) -> None:
-        self.events.append((device, cls, body))
-        async with self._changed:
-            self._changed.notify_all()
-
-    def bodies(self, kind: type[Any]) -> list[Any]:
-        return [body for _, _, body in self.events if isinstance(body, kind)]
-
-    def states(self) -> list[DeviceState]:
-        return [status.state for status in self.bodies(DeviceStatus)]
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(predicate)
-
-
 def make_config(interface: str, **overrides: Any) -> Vda5050AgvConfig:
     fields: dict[str, Any] = {
         "kind": "vda5050_agv",
@@ -99,7 +69,7 @@ def make_config(interface: str, **overrides: Any) -> Vda5050AgvConfig:
 
 
 class Floor:
-    def __init__(self, agv: SimulatedAgv, driver: Vda5050AgvDriver, events: Collector) -> None:
+    def __init__(self, agv: SimulatedAgv, driver: Vda5050AgvDriver, events: EmitCollector) -> None:
         self.agv = agv
         self.driver = driver
         self.events = events
@@ -126,7 +96,7 @@ async def floor(**sim_options: float) -> AsyncIterator[Floor]:
         start_node="A",
         **options,  # type: ignore[arg-type]
     )
-    events = Collector()
+    events = EmitCollector(wait_s=WAIT_S)
     driver = Vda5050AgvDriver(config, events, backoff=Backoff(initial=0.05, cap=0.2))
     try:
         async with agv, asyncio.TaskGroup() as tg:
@@ -282,7 +252,7 @@ async def test_a_refused_order_fails_the_transport() -> None:
     ],
 )
 async def test_bad_commands_are_rejected(action: str, args: dict[str, Any], match: str) -> None:
-    driver = Vda5050AgvDriver(make_config("wltest-unused/uagv"), Collector())
+    driver = Vda5050AgvDriver(make_config("wltest-unused/uagv"), EmitCollector(wait_s=WAIT_S))
     with pytest.raises(CommandRejected, match=match):
         await driver.execute(action, args)
 

@@ -6,21 +6,19 @@ import asyncio
 import datetime as dt
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from tests.support.drivers import EmitCollector, running
 from warelink.edge.drivers.base import CommandFailed, CommandRejected
 from warelink.edge.drivers.zpl_printer import NO_STATUS, ZplPrinterConfig, ZplPrinterDriver
 from warelink.protocol.gs1 import check_digit
 from warelink.protocol.messages import (
     DeviceState,
-    DeviceStatus,
     EventBody,
     PrinterState,
     TrafficClass,
@@ -30,11 +28,8 @@ from warelink.sim.zpl_printer import SimulatedZplPrinter
 DEVICE = "printer-1"
 
 
-@dataclass
-class Collector:
-    """An in-memory ``Emit``: what the outbox would have stored, in order."""
-
-    events: list[tuple[str, TrafficClass, EventBody]] = field(default_factory=list)
+class Collector(EmitCollector):
+    """The shared collector for a printer: telemetry only, and its printer states."""
 
     async def __call__(
         self,
@@ -44,13 +39,10 @@ class Collector:
         occurred_at: dt.datetime | None = None,
     ) -> None:
         assert cls is TrafficClass.TELEMETRY
-        self.events.append((device, cls, body))
-
-    def states(self) -> list[DeviceState]:
-        return [b.state for _, _, b in self.events if isinstance(b, DeviceStatus)]
+        await super().__call__(device, cls, body, occurred_at)
 
     def printer(self) -> list[PrinterState]:
-        return [b for _, _, b in self.events if isinstance(b, PrinterState)]
+        return self.bodies(PrinterState)
 
     def last_faults(self) -> list[str] | None:
         states = self.printer()
@@ -94,16 +86,6 @@ def print_args(key: str, serial: int = 1) -> dict[str, Any]:
         "ship_to": "ACME DC\nDock 2",
         "ship_from": "Warelink Nord",
     }
-
-
-@asynccontextmanager
-async def running(driver: ZplPrinterDriver) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(driver.run(), name="driver under test")
-        try:
-            yield
-        finally:
-            task.cancel()
 
 
 async def test_prints_a_label_once_per_key_across_restarts(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from tests.e2e.test_delivery import edge_settings
+from tests.support.gateways import edge_settings
 from tests.support.services import free_port
 from tests.support.sites import site_config
 from warelink.edge.gateway import Gateway, running
