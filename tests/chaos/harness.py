@@ -350,6 +350,10 @@ class Chaos:
                 await asyncio.sleep(0.5)
                 for scanner in scanners:
                     scanner.cancel()
+            # Every scan written is stored before "caught up" can be judged: on a loaded
+            # machine a gateway may still be reading its port (acked == last_seq, too early).
+            for edge in self.edges:
+                await edge.settle()
             started = time.monotonic()
             caught_up = await self._caught_up(db_url)
             catch_up_s = time.monotonic() - started
